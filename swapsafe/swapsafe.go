@@ -1,0 +1,89 @@
+// Package swapsafe prepares a process that serves a swap device to keep
+// working when the machine is out of memory (DESIGN.md section 4, lesson 5).
+//
+// A swap device's server is part of the kernel's reclaim path: when memory is
+// short the kernel writes pages out through it, so the server must not wait
+// on that same reclaim. Linux offers three tools for such daemons, and Apply
+// sets each one that Options asks for:
+//
+//   - PR_SET_IO_FLUSHER (Linux 5.6+, CAP_SYS_RESOURCE): the thread's own
+//     allocations never recurse into I/O (PF_MEMALLOC_NOIO) and it is not
+//     throttled by dirty-page writeback of the device it serves
+//     (PF_LOCAL_THROTTLE). The flag is per thread, so it must reach every OS
+//     thread of the Go runtime; see applyIOFlusher.
+//   - mlockall(MCL_CURRENT|MCL_FUTURE|MCL_ONFAULT): the server's own pages are
+//     never swapped out to itself. MCL_ONFAULT locks pages when they are first
+//     touched, so the Go runtime's large address reservations are not pinned.
+//   - oom_score_adj -1000: the OOM killer never picks the server, whose death
+//     would lose every swapped page at once.
+//
+// Each step fails on its own (no privilege, old kernel); Apply returns one
+// error per failed step and the caller logs each as a warning and goes on.
+package swapsafe
+
+import (
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+)
+
+// Options selects the steps Apply takes. The zero value takes none.
+type Options struct {
+	// IOFlusher sets PR_SET_IO_FLUSHER on every OS thread of the process.
+	IOFlusher bool
+	// Mlock locks current and future memory with MCL_ONFAULT.
+	Mlock bool
+	// OOMScoreAdj writes -1000 to /proc/self/oom_score_adj.
+	OOMScoreAdj bool
+}
+
+// All returns Options with every step enabled: what `uzram serve` uses unless
+// told otherwise by --no-io-flusher, --no-mlock or --no-oom-adj.
+func All() Options {
+	return Options{IOFlusher: true, Mlock: true, OOMScoreAdj: true}
+}
+
+// Thread flag bits from include/linux/sched.h, as shown in field 9 of
+// /proc/<pid>/task/<tid>/stat. PR_SET_IO_FLUSHER sets both.
+const (
+	PFMemallocNoIO  = 0x00080000
+	PFLocalThrottle = 0x00100000
+	// PFIOFlusher is the pair PR_SET_IO_FLUSHER sets.
+	PFIOFlusher = PFMemallocNoIO | PFLocalThrottle
+)
+
+// ErrUnsupported is returned (wrapped) by every step on systems other than
+// Linux, where none of these tools exist.
+var ErrUnsupported = errors.New("swapsafe: not supported on this OS")
+
+// ThreadFlags maps an OS thread id of this process to its kernel flags word.
+type ThreadFlags map[int]uint64
+
+// Missing returns the thread ids whose flags lack any bit of want.
+func (tf ThreadFlags) Missing(want uint64) []int {
+	var out []int
+	for tid, f := range tf {
+		if f&want != want {
+			out = append(out, tid)
+		}
+	}
+	return out
+}
+
+// Describe renders tf for logs: each thread id with its flags in hex, sorted.
+func (tf ThreadFlags) Describe() string {
+	tids := make([]int, 0, len(tf))
+	for tid := range tf {
+		tids = append(tids, tid)
+	}
+	sort.Ints(tids)
+	var b strings.Builder
+	for i, tid := range tids {
+		if i > 0 {
+			b.WriteByte(' ')
+		}
+		fmt.Fprintf(&b, "%d:%#x", tid, tf[tid])
+	}
+	return b.String()
+}
