@@ -1,0 +1,85 @@
+// Package pagestore is uzram's compressed page store: a zsmalloc-style
+// allocator for objects of 1..4096 bytes (compressed 4 KiB pages) in memory
+// mapped from the OS, off the Go heap.
+//
+// # Why not the Go heap
+//
+// The store is the product: a compressed RAM disk is only worth having if
+// the compressed pages cost little more than their compressed size. On the Go
+// heap, 1 GiB of objects would let the heap grow to about 2 GiB before a
+// collection (GOGC=100), every collection would walk it, and the size classes
+// of Go's allocator are coarser than 16 bytes near 2-4 KiB. Here the data
+// lives in mmap'd memory the GC never sees, packed by size class, and the Go
+// heap holds only small, pointer-light metadata. Returning memory is explicit
+// (madvise/munmap), not at the runtime's discretion.
+//
+// # Layout
+//
+// Size classes run from 32 to 4096 bytes in 16-byte steps (zsmalloc's on 4
+// KiB pages); an object takes the smallest class that holds it. Each class
+// stores its objects in spans: contiguous runs of 1..16 pages cut into equal
+// slots, so no object is ever split. Each size picks the span length with the
+// least waste at the span's tail (2200-byte slots waste 46% of a 1-page span,
+// 6% of zsmalloc's best 4-page one, 0.25% of a 7-page span of 13); adjacent sizes whose spans come out with
+// the same pages and slots share one class, as in zsmalloc, which costs no
+// memory and leaves fewer partially filled spans.
+//
+// Spans are carved from arenas: ~8 MiB mappings holding spans of one length.
+// A freed span's pages go back to the OS at once with MADV_DONTNEED and its
+// slot in the arena is reused; an arena left empty is unmapped. Arenas keep
+// the mapping count low (a mapping per span could reach vm.max_map_count on a
+// big store) and are mapped MADV_NOHUGEPAGE so RSS tracks the spans in use.
+//
+// A span's bookkeeping is a Go struct with one uint32 per slot (rev): the
+// handle id owning the slot, or, for a free slot, a tag and the next free
+// slot. The free list therefore never touches span memory, and compaction
+// can find which handle owns each object it moves. Spans of a class sit in
+// nine doubly linked fullness groups (eighths of occupancy, plus full). Put
+// takes a slot from the fullest partial span, so sparse spans drain.
+//
+// # Handles
+//
+// A handle is an index into the handle table: a two-level array of 8-byte
+// entries in mmap'd memory (512 KiB chunks, up to 2^28 handles), so there is
+// no Go pointer per object and nothing for the GC to scan. A live entry holds
+// the span id within the class (32 bits), the slot (12 bits) and the size
+// minus one (12 bits); the class follows from the size. Freed entries form a
+// free list of ids. Objects move, handles do not: compaction rewrites the
+// entry. When every object is freed the table's pages are discarded too.
+//
+// # Locking
+//
+// Each class has a sync.RWMutex. Put, Free and compaction steps take it
+// exclusively; Read takes it shared. Read loads the entry, derives the class
+// from the size (which never changes), takes the class's read lock and loads
+// the entry again, so it copies from wherever the object is after any move.
+// Size takes no lock. The handle table's id allocator and each span-length
+// pool have their own mutexes, taken briefly and never while waiting for
+// another lock of the store (class lock -> pool lock is the only nesting).
+// MemUsed, its peak and the limit are atomics: the limit is enforced with a
+// compare-and-swap when a span is created. Madvise runs outside class locks.
+//
+// # Compaction
+//
+// A class can free floor((spans*slotsPerSpan - objects) / slotsPerSpan)
+// spans by packing; that count is kept per class and, in bytes, store-wide.
+// Compact drains classes one at a time: it picks the sparsest span and moves
+// its objects, one bounded step (32 KiB of objects) per hold of the class
+// lock, into the fullest other partial spans, rewriting each handle's entry.
+// The drained span is freed and counted in PagesCompacted. When a class has a
+// span's worth of free slots, the other partial spans have room for all of
+// the sparsest span's objects, so every drain completes and compaction ends
+// with less than one span of slack per class. With Options.AutoCompact, a
+// background goroutine does the same whenever Free pushes the reclaimable
+// memory past CompactRatio of MemUsed (and CompactMinBytes). Stats reports
+// the longest any compaction step held a class lock.
+//
+// # Accounting
+//
+// MemUsed is the span memory held (zram's mem_used_total), a multiple of the
+// span sizes; ObjBytes the sum of live object sizes (compr_data_size);
+// MetadataBytes the bookkeeping outside MemUsed (handle table plus Go-heap
+// records, about 12 bytes per object). With Limit set, Put fails with
+// ErrLimit only when it needs a new span that would pass the limit; objects
+// that fit in free slots are still stored.
+package pagestore

@@ -1,0 +1,176 @@
+package pagestore
+
+// OS memory: arenas of address space carved into spans of one length.
+
+import (
+	"fmt"
+	"sync"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// arenaBytes is the target size of one arena. Big enough that a 2 GiB store
+// needs a few hundred mappings (vm.max_map_count is 65530 and a mapping per
+// span would split on every munmap), small enough that an idle arena is only
+// a little unused address space.
+const arenaBytes = 8 << 20
+
+// mapAnon maps n bytes of private anonymous memory, without swap reservation
+// (pages are committed when touched) and without transparent huge pages: with
+// THP on, touching one span could make 2 MiB resident, and freeing one span
+// would split the huge page, so RSS would no longer follow MemUsed.
+func mapAnon(n uintptr) (unsafe.Pointer, error) {
+	p, err := unix.MmapPtr(-1, 0, nil, n, unix.PROT_READ|unix.PROT_WRITE,
+		unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_NORESERVE)
+	if err != nil {
+		return nil, fmt.Errorf("pagestore: mmap %d bytes: %w", n, err)
+	}
+	// Failure only means THP stays as configured; the memory is still usable.
+	_ = unix.Madvise(unsafe.Slice((*byte)(p), n), unix.MADV_NOHUGEPAGE)
+	return p, nil
+}
+
+func unmap(p unsafe.Pointer, n uintptr) {
+	if err := unix.MunmapPtr(p, n); err != nil {
+		// Only a bad address or length fails, i.e. our own bookkeeping is wrong.
+		panic(fmt.Sprintf("pagestore: munmap %p+%d: %v", p, n, err))
+	}
+}
+
+// discard gives the pages back to the OS but keeps the address range:
+// MADV_DONTNEED drops them at once (MADV_FREE would leave them in RSS until
+// the kernel is short of memory) and the next touch maps fresh zero pages.
+func discard(p unsafe.Pointer, n uintptr) {
+	if err := unix.Madvise(unsafe.Slice((*byte)(p), n), unix.MADV_DONTNEED); err != nil {
+		panic(fmt.Sprintf("pagestore: madvise(DONTNEED) %p+%d: %v", p, n, err))
+	}
+}
+
+// arena is one mapping holding perArena span slots of one length. A slot is
+// either in use by a span, on the free stack (its pages already discarded),
+// or at or beyond fresh (never touched since the arena was mapped).
+type arena struct {
+	base       unsafe.Pointer
+	free       []uint32 // discarded slots, reused LIFO
+	fresh      uint32
+	used       uint32
+	prev, next *arena // in the pool's list of arenas with a free slot
+	listed     bool
+}
+
+// spanPool hands out spans of one length (pages) from arenas. Every class
+// whose spans have that length shares the pool; its lock is taken only when
+// a span is created or destroyed, never per object.
+type spanPool struct {
+	mu        sync.Mutex
+	spanBytes uintptr
+	perArena  uint32
+	avail     *arena // arenas with a free slot
+	arenas    map[*arena]struct{}
+}
+
+func newSpanPool(pages uint32) *spanPool {
+	sb := uintptr(pages) * PageSize
+	per := uint32(arenaBytes / sb)
+	return &spanPool{spanBytes: sb, perArena: per, arenas: map[*arena]struct{}{}}
+}
+
+func (p *spanPool) link(a *arena) {
+	a.prev, a.next, a.listed = nil, p.avail, true
+	if p.avail != nil {
+		p.avail.prev = a
+	}
+	p.avail = a
+}
+
+func (p *spanPool) unlink(a *arena) {
+	if a.prev != nil {
+		a.prev.next = a.next
+	} else {
+		p.avail = a.next
+	}
+	if a.next != nil {
+		a.next.prev = a.prev
+	}
+	a.prev, a.next, a.listed = nil, nil, false
+}
+
+// alloc returns the memory of one span, its arena and slot.
+func (p *spanPool) alloc() (unsafe.Pointer, *arena, uint32, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	a := p.avail
+	if a == nil {
+		base, err := mapAnon(uintptr(p.perArena) * p.spanBytes)
+		if err != nil {
+			return nil, nil, 0, err
+		}
+		a = &arena{base: base, free: make([]uint32, 0, p.perArena)}
+		p.arenas[a] = struct{}{}
+		p.link(a)
+	}
+	var slot uint32
+	if n := len(a.free); n > 0 {
+		slot = a.free[n-1]
+		a.free = a.free[:n-1]
+	} else {
+		slot = a.fresh
+		a.fresh++
+	}
+	a.used++
+	if len(a.free) == 0 && a.fresh == p.perArena {
+		p.unlink(a)
+	}
+	return unsafe.Add(a.base, uintptr(slot)*p.spanBytes), a, slot, nil
+}
+
+// release discards a span's pages and returns its slot. The discard runs
+// before the slot goes back on the free stack, outside the lock, so it never
+// zeroes a span someone else has just been given. An arena left empty is
+// unmapped unless it is the pool's last, which is kept (as address space
+// only) so a class hovering at a span boundary does not mmap/munmap each time.
+func (p *spanPool) release(a *arena, slot uint32) {
+	discard(unsafe.Add(a.base, uintptr(slot)*p.spanBytes), p.spanBytes)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	a.free = append(a.free, slot) // cap is perArena: never grows
+	a.used--
+	if !a.listed {
+		p.link(a)
+	}
+	if a.used == 0 && len(p.arenas) > 1 {
+		p.unlink(a)
+		delete(p.arenas, a)
+		unmap(a.base, uintptr(p.perArena)*p.spanBytes)
+	}
+}
+
+// close unmaps every arena. Nothing may use the pool afterwards.
+func (p *spanPool) close() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for a := range p.arenas {
+		unmap(a.base, uintptr(p.perArena)*p.spanBytes)
+	}
+	p.arenas = map[*arena]struct{}{}
+	p.avail = nil
+}
+
+// metaBytes estimates the pool's Go-heap bookkeeping.
+func (p *spanPool) metaBytes() int64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	per := int64(unsafe.Sizeof(arena{})) + 4*int64(p.perArena) + 16 // + map entry
+	return int64(len(p.arenas)) * per
+}
+
+// forEachArena calls fn with every mapped arena's range (tests use it to ask
+// the kernel which pages are resident).
+func (p *spanPool) forEachArena(fn func(base unsafe.Pointer, n uintptr)) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for a := range p.arenas {
+		fn(a.base, uintptr(p.perArena)*p.spanBytes)
+	}
+}
