@@ -45,10 +45,15 @@ const maxRetries = 4
 // slot mutex.
 func (p *Pool) getPerCPU() (*Stream, error) {
 	for try := 0; ; try++ {
+		var id int
+		if try < maxRetries {
+			if id = currentP(); p.testPick != nil {
+				id = p.testPick()
+			}
+		}
 		t := p.table.Load()
 		sl := t.slots[0]
 		if try < maxRetries {
-			id := currentP()
 			if id >= t.procs {
 				// A P the table does not know: GOMAXPROCS grew.
 				p.resize()

@@ -80,6 +80,10 @@ type Pool struct {
 	created   atomic.Uint64
 	freed     atomic.Uint64
 	fallbacks atomic.Uint64
+
+	// testPick, if set, replaces the P id in PerCPU Get, so tests can
+	// stage the offline race deterministically.
+	testPick func() int
 }
 
 // pollEvery is how many Gets (per slot, or per pool in Pooled mode) pass

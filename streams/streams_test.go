@@ -22,15 +22,27 @@ func lz4(t testing.TB) zcomp.Backend {
 	return b
 }
 
-// page returns a compressible page derived from seed.
-func page(seed uint64, dst []byte) {
-	r := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
-	for i := 0; i < len(dst); i += 8 {
-		v := byte(r.IntN(8))
-		for j := 0; j < 8 && i+j < len(dst); j++ {
-			dst[i+j] = 'a' + v
+// testPages are compressible pages, made once: generating a page per
+// operation would dominate the stress tests under -race.
+var testPages = func() [][]byte {
+	pages := make([][]byte, 64)
+	for k := range pages {
+		r := rand.New(rand.NewPCG(uint64(k), 0x9e3779b97f4a7c15))
+		pg := make([]byte, zcomp.PageSize)
+		for i := 0; i < len(pg); i += 8 {
+			v := byte(r.IntN(8 + k))
+			for j := range 8 {
+				pg[i+j] = 'a' + v
+			}
 		}
+		pages[k] = pg
 	}
+	return pages
+}()
+
+// page fills dst with the test page for seed.
+func page(seed uint64, dst []byte) {
+	copy(dst, testPages[(seed^seed>>32)%uint64(len(testPages))])
 }
 
 // roundTrip compresses and decompresses one page with s and checks it.
