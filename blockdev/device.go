@@ -1,0 +1,378 @@
+package blockdev
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/uzram/uzram/pagestore"
+	"github.com/uzram/uzram/streams"
+	"github.com/uzram/uzram/zcomp"
+)
+
+// PageSize is the device's page: the unit of compression and storage.
+const PageSize = zcomp.PageSize
+
+// SectorSize is the smallest unit a request may address.
+const SectorSize = 512
+
+// HugeThreshold is zram's huge_class_size on 4 KiB pages: a page that does
+// not compress below it is stored raw, since a compressed object that large
+// saves too little to pay for the decompression.
+const HugeThreshold = 3632
+
+// Errors a device operation can return; the server maps them to NBD errors.
+var (
+	ErrRange   = errors.New("blockdev: request outside the device")
+	ErrNoSpace = errors.New("blockdev: memory limit reached")
+	ErrClosed  = errors.New("blockdev: device closed")
+)
+
+// Config describes a device.
+type Config struct {
+	Name       string
+	Size       int64 // bytes; rounded up to a whole page
+	Algorithm  string
+	Params     zcomp.Params
+	StreamMode streams.Mode
+	Streams    int   // 0: one per CPU
+	MemLimit   int64 // bytes of store memory; 0: none
+}
+
+// compressors is what the device needs from streams: a stream for a
+// priority, and a way to hand it back.
+type compressors interface {
+	Get(prio int) (*streams.Stream, error)
+	Put(s *streams.Stream)
+}
+
+// Device is a compressed RAM block device.
+type Device struct {
+	name   string
+	algo   string
+	size   uint64
+	npages uint64
+	epoch  time.Time
+
+	table *slotTable
+	slots []slot
+	locks pageLocks
+	store *pagestore.Store
+	comps compressors
+	set   streams.Set
+
+	pages sync.Pool // *[PageSize]byte scratch for sub-page work
+
+	stats counters
+}
+
+// counters hold zram's mm_stat and io_stat figures that the device owns; the
+// store owns mem_used_total, mem_used_max and pages_compacted.
+type counters struct {
+	pagesStored    atomic.Int64
+	comprDataSize  atomic.Int64
+	samePages      atomic.Int64
+	hugePages      atomic.Int64
+	hugePagesSince atomic.Int64
+	failedReads    atomic.Int64
+	failedWrites   atomic.Int64
+	invalidIO      atomic.Int64
+	notifyFree     atomic.Int64
+	reads          atomic.Int64
+	writes         atomic.Int64
+}
+
+// New creates a device and preallocates what its write path needs.
+func New(cfg Config) (*Device, error) {
+	if cfg.Size <= 0 {
+		return nil, fmt.Errorf("blockdev: device size must be positive, got %d", cfg.Size)
+	}
+	if cfg.Algorithm == "" {
+		cfg.Algorithm = zcomp.Default
+	}
+	backend, err := zcomp.Lookup(cfg.Algorithm)
+	if err != nil {
+		return nil, fmt.Errorf("blockdev: %w", err)
+	}
+	size := (uint64(cfg.Size) + PageSize - 1) / PageSize * PageSize
+	d := &Device{name: cfg.Name, algo: cfg.Algorithm, size: size, npages: size / PageSize, epoch: time.Now()}
+	d.pages.New = func() any { return new([PageSize]byte) }
+	if d.table, err = newSlotTable(d.npages); err != nil {
+		return nil, err
+	}
+	d.slots = d.table.slots
+	if d.store, err = pagestore.New(pagestore.Options{Limit: cfg.MemLimit}); err != nil {
+		d.table.close()
+		return nil, fmt.Errorf("blockdev: %w", err)
+	}
+	primary, err := streams.NewPool(streams.PoolConfig{
+		Backend:  backend,
+		Params:   cfg.Params,
+		Mode:     cfg.StreamMode,
+		Max:      cfg.Streams,
+		Prealloc: true, // a swap device must not allocate on its write path
+	})
+	if err != nil {
+		d.store.Close()
+		d.table.close()
+		return nil, fmt.Errorf("blockdev: %w", err)
+	}
+	d.set.SetPool(0, primary)
+	d.comps = &d.set
+	return d, nil
+}
+
+// Name is the device's export name.
+func (d *Device) Name() string { return d.name }
+
+// Size is the device's size in bytes.
+func (d *Device) Size() uint64 { return d.size }
+
+// Algorithm is the primary compression algorithm.
+func (d *Device) Algorithm() string { return d.algo }
+
+// Close frees all the device's memory. No I/O may be in flight.
+func (d *Device) Close() error {
+	d.set.Close()
+	err := d.store.Close()
+	if terr := d.table.close(); err == nil {
+		err = terr
+	}
+	d.slots = nil
+	return err
+}
+
+func (d *Device) now() uint32 { return uint32(time.Since(d.epoch) / time.Second) }
+
+func (d *Device) checkRange(off uint64, n int) error {
+	if off > d.size || uint64(n) > d.size-off {
+		d.stats.invalidIO.Add(1)
+		return fmt.Errorf("%w: offset %d length %d, device size %d", ErrRange, off, n, d.size)
+	}
+	return nil
+}
+
+// ReadAt fills p from the device at byte offset off.
+func (d *Device) ReadAt(p []byte, off uint64) error {
+	if err := d.checkRange(off, len(p)); err != nil {
+		return err
+	}
+	d.stats.reads.Add(1)
+	for len(p) > 0 {
+		page, in := off/PageSize, int(off%PageSize)
+		n := min(PageSize-in, len(p))
+		var err error
+		if n == PageSize {
+			err = d.readPage(page, p[:PageSize])
+		} else {
+			buf := d.pages.Get().(*[PageSize]byte)
+			if err = d.readPage(page, buf[:]); err == nil {
+				copy(p[:n], buf[in:in+n])
+			}
+			d.pages.Put(buf)
+		}
+		if err != nil {
+			d.stats.failedReads.Add(1)
+			return err
+		}
+		p, off = p[n:], off+uint64(n)
+	}
+	return nil
+}
+
+// WriteAt stores p on the device at byte offset off. On failure the pages
+// before the failing one are written and the rest keep their old contents.
+func (d *Device) WriteAt(p []byte, off uint64) error {
+	if err := d.checkRange(off, len(p)); err != nil {
+		return err
+	}
+	d.stats.writes.Add(1)
+	for len(p) > 0 {
+		page, in := off/PageSize, int(off%PageSize)
+		n := min(PageSize-in, len(p))
+		var err error
+		if n == PageSize {
+			d.locks.lock(page)
+			err = d.writePageLocked(page, p[:PageSize])
+			d.locks.unlock(page)
+		} else {
+			err = d.modifyPage(page, in, p[:n])
+		}
+		if err != nil {
+			d.stats.failedWrites.Add(1)
+			return err
+		}
+		p, off = p[n:], off+uint64(n)
+	}
+	return nil
+}
+
+// Discard frees the whole pages in [off, off+n) and zeroes the partial ones
+// at either end: NBD TRIM and WRITE_ZEROES. With keep (WRITE_ZEROES with
+// NO_HOLE) whole pages become same-filled zero pages instead of holes; both
+// read back as zeros and neither costs store memory.
+func (d *Device) Discard(off, n uint64, keep bool) error {
+	if n > uint64(^uint(0)>>1) {
+		d.stats.invalidIO.Add(1)
+		return fmt.Errorf("%w: discard length %d", ErrRange, n)
+	}
+	if err := d.checkRange(off, int(n)); err != nil {
+		return err
+	}
+	end := off + n
+	for off < end {
+		page, in := off/PageSize, off%PageSize
+		step := min(PageSize-in, end-off)
+		if step == PageSize {
+			d.locks.lock(page)
+			d.freeLocked(page)
+			if keep {
+				s := &d.slots[page]
+				s.flags, s.atime = slotSame, d.now()
+				d.stats.samePages.Add(1)
+				d.stats.pagesStored.Add(1)
+			}
+			d.locks.unlock(page)
+			d.stats.notifyFree.Add(1)
+		} else if err := d.zeroRange(page, int(in), int(step)); err != nil {
+			d.stats.failedWrites.Add(1)
+			return err
+		}
+		off += step
+	}
+	return nil
+}
+
+// zeroRange zeroes part of a page; an empty page stays empty.
+func (d *Device) zeroRange(page uint64, in, n int) error {
+	d.locks.lock(page)
+	defer d.locks.unlock(page)
+	if d.slots[page].empty() {
+		return nil
+	}
+	buf := d.pages.Get().(*[PageSize]byte)
+	defer d.pages.Put(buf)
+	if err := d.readPageLocked(page, buf[:]); err != nil {
+		return err
+	}
+	clear(buf[in : in+n])
+	return d.writePageLocked(page, buf[:])
+}
+
+// modifyPage is a sub-page write: read, patch, rewrite, under the page lock.
+func (d *Device) modifyPage(page uint64, in int, p []byte) error {
+	buf := d.pages.Get().(*[PageSize]byte)
+	defer d.pages.Put(buf)
+	d.locks.lock(page)
+	defer d.locks.unlock(page)
+	if err := d.readPageLocked(page, buf[:]); err != nil {
+		return err
+	}
+	copy(buf[in:], p)
+	return d.writePageLocked(page, buf[:])
+}
+
+func (d *Device) readPage(page uint64, dst []byte) error {
+	d.locks.lock(page)
+	defer d.locks.unlock(page)
+	return d.readPageLocked(page, dst)
+}
+
+// readPageLocked decodes one page into dst (PageSize bytes).
+func (d *Device) readPageLocked(page uint64, dst []byte) error {
+	s := &d.slots[page]
+	switch {
+	case s.flags&slotSame != 0:
+		fillWord(dst, s.handle)
+	case s.handle == 0:
+		clear(dst)
+		return nil // a hole: nothing to mark accessed
+	case s.flags&slotHuge != 0:
+		if n := d.store.Read(pagestore.Handle(s.handle), dst); n != PageSize {
+			return fmt.Errorf("blockdev: read page %d: huge object is %d bytes, want %d", page, n, PageSize)
+		}
+	default:
+		st, err := d.comps.Get(int(s.prio))
+		if err != nil {
+			return fmt.Errorf("blockdev: read page %d: %w", page, err)
+		}
+		n := d.store.Read(pagestore.Handle(s.handle), st.Buf)
+		m, err := st.Ctx.Decompress(dst, st.Buf[:n])
+		d.comps.Put(st)
+		if err != nil {
+			return fmt.Errorf("blockdev: read page %d: %w", page, err)
+		}
+		if m != PageSize {
+			return fmt.Errorf("blockdev: read page %d: decompressed %d bytes, want %d", page, m, PageSize)
+		}
+	}
+	s.atime = d.now()
+	s.flags &^= slotIdle
+	return nil
+}
+
+// writePageLocked stores one full page. The old contents are replaced only
+// once the new ones are safely stored, so a refused write loses nothing.
+func (d *Device) writePageLocked(page uint64, src []byte) error {
+	if word, ok := sameFilled(src); ok {
+		d.freeLocked(page)
+		s := &d.slots[page]
+		*s = slot{handle: word, flags: slotSame, atime: d.now()}
+		d.stats.samePages.Add(1)
+		d.stats.pagesStored.Add(1)
+		return nil
+	}
+	st, err := d.comps.Get(0)
+	if err != nil {
+		return fmt.Errorf("blockdev: write page %d: %w", page, err)
+	}
+	defer d.comps.Put(st)
+	data, flags := src, slotHuge
+	if n, err := st.Ctx.Compress(st.Buf[:HugeThreshold], src); err == nil {
+		data, flags = st.Buf[:n], 0
+	} else if !errors.Is(err, zcomp.ErrNoSpace) {
+		return fmt.Errorf("blockdev: write page %d: %w", page, err)
+	}
+	h, err := d.store.Put(data)
+	if err != nil {
+		if errors.Is(err, pagestore.ErrLimit) {
+			return fmt.Errorf("%w: write page %d: %v", ErrNoSpace, page, err)
+		}
+		return fmt.Errorf("blockdev: write page %d: %w", page, err)
+	}
+	d.freeLocked(page)
+	d.slots[page] = slot{handle: uint64(h), size: uint16(len(data)), flags: flags, atime: d.now()}
+	d.stats.pagesStored.Add(1)
+	d.stats.comprDataSize.Add(int64(len(data)))
+	if flags&slotHuge != 0 {
+		d.stats.hugePages.Add(1)
+		d.stats.hugePagesSince.Add(1)
+	}
+	return nil
+}
+
+// freeLocked empties a slot and gives its object back to the store.
+func (d *Device) freeLocked(page uint64) {
+	s := &d.slots[page]
+	if s.empty() {
+		*s = slot{}
+		return
+	}
+	if s.flags&slotSame != 0 {
+		d.stats.samePages.Add(-1)
+	} else {
+		d.store.Free(pagestore.Handle(s.handle))
+		d.stats.comprDataSize.Add(-int64(s.size))
+		if s.flags&slotHuge != 0 {
+			d.stats.hugePages.Add(-1)
+		}
+	}
+	d.stats.pagesStored.Add(-1)
+	*s = slot{}
+}
+
+// CountInvalid records a request the server refused before it reached the
+// device (zram's invalid_io).
+func (d *Device) CountInvalid() { d.stats.invalidIO.Add(1) }

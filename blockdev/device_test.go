@@ -1,0 +1,311 @@
+package blockdev
+
+import (
+	"bytes"
+	"errors"
+	"math/rand/v2"
+	"sync"
+	"testing"
+
+	"github.com/uzram/uzram/streams"
+)
+
+func newTestDevice(t testing.TB, size int64, algo string) *Device {
+	t.Helper()
+	d, err := New(Config{Name: "t", Size: size, Algorithm: algo, StreamMode: streams.DefaultMode})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Close() })
+	return d
+}
+
+// fillKind writes one of the data kinds a swap device sees into p.
+func fillKind(r *rand.Rand, p []byte, kind int) {
+	switch kind {
+	case 0: // zeros
+		clear(p)
+	case 1: // same-filled non-zero word
+		w := r.Uint64()
+		for i := 0; i+8 <= len(p); i += 8 {
+			for j := 0; j < 8; j++ {
+				p[i+j] = byte(w >> (8 * j))
+			}
+		}
+	case 2: // random: incompressible
+		for i := range p {
+			p[i] = byte(r.Uint32())
+		}
+	default: // compressible text-like runs
+		for i := range p {
+			p[i] = "uzram compresses pages "[(i/3+int(r.Uint32()%3))%23]
+		}
+	}
+}
+
+// TestDeviceModel runs random reads, writes, trims and write-zeroes of every
+// size and alignment against a plain byte slice and checks they agree.
+func TestDeviceModel(t *testing.T) {
+	for _, algo := range []string{"lz4", "zstd"} {
+		t.Run(algo, func(t *testing.T) {
+			const size = 1 << 20
+			d := newTestDevice(t, size, algo)
+			model := make([]byte, size)
+			r := rand.New(rand.NewPCG(1, 2))
+			buf := make([]byte, 64<<10)
+			for i := 0; i < 3000; i++ {
+				off := uint64(r.IntN(size/SectorSize)) * SectorSize
+				n := (1 + r.IntN(len(buf)/SectorSize)) * SectorSize
+				n = min(n, size-int(off))
+				switch op := r.IntN(10); {
+				case op < 5:
+					fillKind(r, buf[:n], r.IntN(4))
+					if err := d.WriteAt(buf[:n], off); err != nil {
+						t.Fatalf("write %d@%d: %v", n, off, err)
+					}
+					copy(model[off:], buf[:n])
+				case op < 7:
+					if err := d.Discard(off, uint64(n), op == 6); err != nil {
+						t.Fatalf("discard %d@%d: %v", n, off, err)
+					}
+					clear(model[off : off+uint64(n)])
+				default:
+					if err := d.ReadAt(buf[:n], off); err != nil {
+						t.Fatalf("read %d@%d: %v", n, off, err)
+					}
+					if !bytes.Equal(buf[:n], model[off:off+uint64(n)]) {
+						t.Fatalf("read %d@%d differs from the model", n, off)
+					}
+				}
+			}
+			all := make([]byte, size)
+			if err := d.ReadAt(all, 0); err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(all, model) {
+				t.Fatal("device differs from the model at the end")
+			}
+			checkStatsConsistent(t, d)
+		})
+	}
+}
+
+// checkStatsConsistent recomputes the stats from the slot table.
+func checkStatsConsistent(t *testing.T, d *Device) {
+	t.Helper()
+	var stored, same, huge, compr int64
+	for i := range d.slots {
+		s := &d.slots[i]
+		switch {
+		case s.flags&slotSame != 0:
+			stored++
+			same++
+		case s.handle != 0:
+			stored++
+			compr += int64(s.size)
+			if s.flags&slotHuge != 0 {
+				huge++
+			}
+		}
+	}
+	st := d.Stats()
+	if st.PagesStored != stored || st.SamePages != same || st.HugePages != huge || st.ComprDataSize != compr {
+		t.Fatalf("stats %+v disagree with the slot table: stored %d same %d huge %d compr %d", st, stored, same, huge, compr)
+	}
+	if st.OrigDataSize != stored*PageSize {
+		t.Fatalf("orig_data_size %d, want %d", st.OrigDataSize, stored*PageSize)
+	}
+}
+
+func TestSameFilledAndHuge(t *testing.T) {
+	d := newTestDevice(t, 16*PageSize, "lz4")
+	page := make([]byte, PageSize)
+	if err := d.WriteAt(page, 0); err != nil { // zeros
+		t.Fatal(err)
+	}
+	fillKind(rand.New(rand.NewPCG(3, 4)), page, 1)
+	if err := d.WriteAt(page, PageSize); err != nil {
+		t.Fatal(err)
+	}
+	st := d.Stats()
+	if st.SamePages != 2 || st.MemUsedTotal != 0 || st.ComprDataSize != 0 {
+		t.Fatalf("same-filled pages should cost nothing: %+v", st)
+	}
+	got := make([]byte, PageSize)
+	if err := d.ReadAt(got, PageSize); err != nil || !bytes.Equal(got, page) {
+		t.Fatalf("same-filled page read back wrong (err %v)", err)
+	}
+	fillKind(rand.New(rand.NewPCG(5, 6)), page, 2)
+	if err := d.WriteAt(page, 2*PageSize); err != nil {
+		t.Fatal(err)
+	}
+	st = d.Stats()
+	if st.HugePages != 1 || st.HugePagesSince != 1 || st.ComprDataSize != PageSize {
+		t.Fatalf("random page should be stored raw and counted huge: %+v", st)
+	}
+	if err := d.ReadAt(got, 2*PageSize); err != nil || !bytes.Equal(got, page) {
+		t.Fatalf("huge page read back wrong (err %v)", err)
+	}
+	if err := d.Discard(0, 3*PageSize, false); err != nil {
+		t.Fatal(err)
+	}
+	st = d.Stats()
+	if st.PagesStored != 0 || st.HugePages != 0 || st.HugePagesSince != 1 || st.NotifyFree != 3 || st.MemUsedTotal < 0 {
+		t.Fatalf("after trim: %+v", st)
+	}
+}
+
+func TestRangeErrors(t *testing.T) {
+	d := newTestDevice(t, 4*PageSize, "lz4")
+	buf := make([]byte, PageSize)
+	for _, off := range []uint64{4 * PageSize, 3*PageSize + 1, ^uint64(0) - 10} {
+		if err := d.ReadAt(buf, off); !errors.Is(err, ErrRange) {
+			t.Errorf("read at %d: %v, want ErrRange", off, err)
+		}
+		if err := d.WriteAt(buf, off); !errors.Is(err, ErrRange) {
+			t.Errorf("write at %d: %v, want ErrRange", off, err)
+		}
+		if err := d.Discard(off, PageSize, false); !errors.Is(err, ErrRange) {
+			t.Errorf("discard at %d: %v, want ErrRange", off, err)
+		}
+	}
+	if got := d.Stats().InvalidIO; got != 9 {
+		t.Errorf("invalid_io = %d, want 9", got)
+	}
+}
+
+// TestConcurrentPages hammers overlapping pages from many goroutines, each
+// owning its own sectors within shared pages, so sub-page read-modify-write
+// races would corrupt a neighbour's sectors.
+func TestConcurrentPages(t *testing.T) {
+	const pages = 64
+	const workers = 8 // each owns sector w of every page
+	d := newTestDevice(t, pages*PageSize, "lz4")
+	var wg sync.WaitGroup
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r := rand.New(rand.NewPCG(uint64(w), 9))
+			sector := make([]byte, SectorSize)
+			got := make([]byte, SectorSize)
+			last := make([]byte, pages) // value byte last written per page
+			for i := 0; i < 2000; i++ {
+				p := r.IntN(pages)
+				off := uint64(p*PageSize + w*SectorSize)
+				if r.IntN(3) == 0 {
+					if err := d.ReadAt(got, off); err != nil {
+						t.Error(err)
+						return
+					}
+					for _, b := range got {
+						if b != last[p] {
+							t.Errorf("worker %d page %d: read %d, want %d", w, p, b, last[p])
+							return
+						}
+					}
+					continue
+				}
+				v := byte(r.Uint32())
+				for j := range sector {
+					sector[j] = v
+				}
+				if err := d.WriteAt(sector, off); err != nil {
+					t.Error(err)
+					return
+				}
+				last[p] = v
+			}
+		}()
+	}
+	wg.Wait()
+	checkStatsConsistent(t, d)
+}
+
+func TestSameFilledDetection(t *testing.T) {
+	p := make([]byte, PageSize+1)
+	for _, base := range []int{0, 1} { // aligned and unaligned pages
+		page := p[base : base+PageSize]
+		clear(page)
+		if w, ok := sameFilled(page); !ok || w != 0 {
+			t.Fatalf("zero page: %x %v", w, ok)
+		}
+		for i := 0; i < PageSize; i += 8 {
+			copy(page[i:], []byte{1, 2, 3, 4, 5, 6, 7, 8})
+		}
+		w, ok := sameFilled(page)
+		if !ok {
+			t.Fatal("patterned page not detected")
+		}
+		out := make([]byte, PageSize)
+		fillWord(out, w)
+		if !bytes.Equal(out, page) {
+			t.Fatal("fillWord does not restore the page")
+		}
+		page[PageSize/2] ^= 1
+		if _, ok := sameFilled(page); ok {
+			t.Fatal("page with one differing byte detected as same-filled")
+		}
+	}
+}
+
+func TestPageOpsAllocateNothing(t *testing.T) {
+	d := newTestDevice(t, 256*PageSize, "lz4")
+	page := make([]byte, PageSize)
+	fillKind(rand.New(rand.NewPCG(7, 8)), page, 3)
+	sub := make([]byte, SectorSize)
+	i := 0
+	allocs := testing.AllocsPerRun(500, func() {
+		off := uint64(i%256) * PageSize
+		i++
+		page[0] = byte(i)
+		if err := d.WriteAt(page, off); err != nil {
+			t.Fatal(err)
+		}
+		if err := d.ReadAt(page, off); err != nil {
+			t.Fatal(err)
+		}
+		if err := d.WriteAt(sub, off+SectorSize); err != nil {
+			t.Fatal(err)
+		}
+		if err := d.ReadAt(sub, off+2*SectorSize); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if allocs != 0 {
+		t.Fatalf("page write+read allocates %.1f times per run, want 0", allocs)
+	}
+}
+
+func BenchmarkWritePage(b *testing.B) {
+	d := newTestDevice(b, 1<<30, "lz4")
+	page := make([]byte, PageSize)
+	fillKind(rand.New(rand.NewPCG(7, 8)), page, 3)
+	b.SetBytes(PageSize)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		page[0] = byte(i)
+		if err := d.WriteAt(page, uint64(i%(1<<18))*PageSize); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkReadPage(b *testing.B) {
+	d := newTestDevice(b, 64<<20, "lz4")
+	page := make([]byte, PageSize)
+	r := rand.New(rand.NewPCG(7, 8))
+	for p := 0; p < 1<<14; p++ {
+		fillKind(r, page, 3)
+		d.WriteAt(page, uint64(p)*PageSize)
+	}
+	b.SetBytes(PageSize)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if err := d.ReadAt(page, uint64(i%(1<<14))*PageSize); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

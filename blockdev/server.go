@@ -1,0 +1,288 @@
+package blockdev
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"runtime"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+// ServerOptions tune the NBD server.
+type ServerOptions struct {
+	// MaxInflight is how many requests one connection may have outstanding;
+	// the Linux driver keeps up to 128 in flight. Default 256.
+	MaxInflight int
+	// Workers per connection run requests concurrently. Default 2 x GOMAXPROCS, at least 4.
+	Workers int
+	// ReadOnly exports refuse writes with EPERM.
+	ReadOnly bool
+	Logger   *slog.Logger
+}
+
+// Server serves devices over NBD. Any number of connections may share a
+// device (CAN_MULTI_CONN: every write is visible to every connection when it
+// is acknowledged).
+type Server struct {
+	opts ServerOptions
+	log  *slog.Logger
+
+	mu        sync.Mutex
+	exports   map[string]*Device
+	order     []string // export names, in the order they were added
+	listeners map[net.Listener]struct{}
+	conns     map[*conn]struct{}
+	closing   bool
+	wg        sync.WaitGroup
+	nextID    atomic.Uint64
+
+	cmds [cmdWriteZeroes + 1]cmdCounters
+}
+
+type cmdCounters struct{ ok, failed atomic.Int64 }
+
+// NewServer returns a server with no exports.
+func NewServer(opts ServerOptions) *Server {
+	if opts.MaxInflight <= 0 {
+		opts.MaxInflight = 256
+	}
+	if opts.Workers <= 0 {
+		opts.Workers = max(4, 2*runtime.GOMAXPROCS(0))
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	return &Server{
+		opts:      opts,
+		log:       opts.Logger,
+		exports:   map[string]*Device{},
+		listeners: map[net.Listener]struct{}{},
+		conns:     map[*conn]struct{}{},
+	}
+}
+
+// AddExport makes a device reachable under its name.
+func (s *Server) AddExport(d *Device) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, dup := s.exports[d.Name()]; dup {
+		return fmt.Errorf("blockdev: export %q already exists", d.Name())
+	}
+	s.exports[d.Name()] = d
+	s.order = append(s.order, d.Name())
+	return nil
+}
+
+// RemoveExport takes a device off the server. It is refused while a
+// connection is attached to it.
+func (s *Server) RemoveExport(name string) (*Device, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	d, ok := s.exports[name]
+	if !ok {
+		return nil, fmt.Errorf("blockdev: no export named %q", name)
+	}
+	if n := s.attachedLocked(d); n > 0 {
+		return nil, fmt.Errorf("blockdev: export %q is in use by %d connection(s)", name, n)
+	}
+	delete(s.exports, name)
+	s.order = slices.DeleteFunc(s.order, func(n string) bool { return n == name })
+	return d, nil
+}
+
+// Attached counts the connections in transmission on a device.
+func (s *Server) Attached(d *Device) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.attachedLocked(d)
+}
+
+func (s *Server) attachedLocked(d *Device) int {
+	n := 0
+	for c := range s.conns {
+		if c.dev == d {
+			n++
+		}
+	}
+	return n
+}
+
+// Exports lists the devices in the order they were added.
+func (s *Server) Exports() []*Device {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]*Device, 0, len(s.order))
+	for _, n := range s.order {
+		out = append(out, s.exports[n])
+	}
+	return out
+}
+
+// lookup finds an export; the empty name is the default (first) export.
+func (s *Server) lookup(name string) *Device {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if name == "" && len(s.order) > 0 {
+		name = s.order[0]
+	}
+	return s.exports[name]
+}
+
+func (s *Server) exportNames() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.order)
+}
+
+func (s *Server) tflags() uint16 {
+	if s.opts.ReadOnly {
+		return tflagHasFlags | tflagReadOnly | tflagSendFlush | tflagCanMultiConn
+	}
+	return DefaultTransmissionFlags
+}
+
+// Serve accepts connections on l until Shutdown. It returns nil after
+// Shutdown and the accept error otherwise.
+func (s *Server) Serve(l net.Listener) error {
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		l.Close()
+		return nil
+	}
+	s.listeners[l] = struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.listeners, l)
+		s.mu.Unlock()
+	}()
+	var backoff time.Duration
+	for {
+		nc, err := l.Accept()
+		if err != nil {
+			s.mu.Lock()
+			closing := s.closing
+			s.mu.Unlock()
+			if closing {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) {
+				// Out of file descriptors or a transient error: wait, do not spin.
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				s.log.Warn("accept failed, retrying", "err", err, "backoff", backoff)
+				time.Sleep(backoff)
+				continue
+			}
+			return fmt.Errorf("blockdev: accept: %w", err)
+		}
+		backoff = 0
+		s.ServeConn(nc)
+	}
+}
+
+// ServeConn serves one connection in its own goroutine.
+func (s *Server) ServeConn(nc net.Conn) {
+	c := &conn{srv: s, nc: nc, br: bufio.NewReaderSize(nc, 256<<10), id: s.nextID.Add(1)}
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		nc.Close()
+		return
+	}
+	s.conns[c] = struct{}{}
+	s.wg.Add(1)
+	s.mu.Unlock()
+	go func() {
+		defer s.wg.Done()
+		defer func() {
+			s.mu.Lock()
+			delete(s.conns, c)
+			s.mu.Unlock()
+			nc.Close()
+		}()
+		s.serve(c)
+	}()
+}
+
+func (s *Server) serve(c *conn) {
+	d, tflags, err := c.handshake()
+	if err != nil {
+		if !errors.Is(err, errAbort) {
+			s.log.Debug("handshake ended", "conn", c.id, "err", err)
+		}
+		return
+	}
+	s.mu.Lock()
+	c.dev, c.tflags = d, tflags // under mu: Attached reads them
+	s.mu.Unlock()
+	s.log.Debug("client attached", "conn", c.id, "export", d.Name())
+	if err := c.serveTransmission(); err != nil && !c.broken.Load() && !s.isClosing() {
+		s.log.Warn("connection closed", "conn", c.id, "export", d.Name(), "err", err)
+	}
+}
+
+func (s *Server) isClosing() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closing
+}
+
+// Shutdown stops accepting, lets every connection finish the requests it has
+// already read, then closes them. It returns ctx's error if that takes too long.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.closing = true
+	for l := range s.listeners {
+		l.Close()
+	}
+	for c := range s.conns {
+		// Wake readers blocked on the socket; workers still reply.
+		c.nc.SetReadDeadline(time.Now())
+	}
+	s.mu.Unlock()
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		s.mu.Lock()
+		for c := range s.conns {
+			c.nc.Close()
+		}
+		s.mu.Unlock()
+		return fmt.Errorf("blockdev: shutdown: %w", ctx.Err())
+	}
+}
+
+func (s *Server) count(typ uint16, code uint32) {
+	if int(typ) >= len(s.cmds) {
+		return
+	}
+	if code == 0 {
+		s.cmds[typ].ok.Add(1)
+	} else {
+		s.cmds[typ].failed.Add(1)
+	}
+}
+
+// CommandCounts reports requests served per command name, split by outcome.
+func (s *Server) CommandCounts() map[string][2]int64 {
+	out := map[string][2]int64{}
+	for t := range s.cmds {
+		ok, failed := s.cmds[t].ok.Load(), s.cmds[t].failed.Load()
+		if ok+failed > 0 {
+			out[CommandName(uint16(t))] = [2]int64{ok, failed}
+		}
+	}
+	return out
+}

@@ -1,0 +1,66 @@
+package blockdev
+
+import "fmt"
+
+// Stats is a snapshot of a device's figures, with zram's meanings.
+type Stats struct {
+	// mm_stat
+	OrigDataSize   int64 // bytes of data stored, before compression (pages stored x 4 KiB)
+	ComprDataSize  int64 // bytes of compressed objects
+	MemUsedTotal   int64 // bytes of store memory held
+	MemLimit       int64 // 0: no limit
+	MemUsedMax     int64 // peak MemUsedTotal (resettable)
+	SamePages      int64 // same-filled pages (no store memory)
+	PagesCompacted int64 // pages given back by compaction
+	HugePages      int64 // pages stored raw
+	HugePagesSince int64 // pages ever stored raw
+	// io_stat
+	FailedReads  int64
+	FailedWrites int64
+	InvalidIO    int64
+	NotifyFree   int64 // pages freed by TRIM / WRITE_ZEROES
+	// beyond zram
+	PagesStored    int64
+	Reads, Writes  int64 // requests
+	SlotTableBytes int64 // the slot table's own size, kept apart from the store
+	StoreMetaBytes int64 // the store's Go-heap bookkeeping
+}
+
+// Stats returns the device's current figures.
+func (d *Device) Stats() Stats {
+	ss := d.store.Stats()
+	c := &d.stats
+	pages := c.pagesStored.Load()
+	return Stats{
+		OrigDataSize:   pages * PageSize,
+		ComprDataSize:  c.comprDataSize.Load(),
+		MemUsedTotal:   ss.MemUsed,
+		MemLimit:       d.store.Limit(),
+		MemUsedMax:     ss.MemUsedMax,
+		SamePages:      c.samePages.Load(),
+		PagesCompacted: ss.PagesCompacted,
+		HugePages:      c.hugePages.Load(),
+		HugePagesSince: c.hugePagesSince.Load(),
+		FailedReads:    c.failedReads.Load(),
+		FailedWrites:   c.failedWrites.Load(),
+		InvalidIO:      c.invalidIO.Load(),
+		NotifyFree:     c.notifyFree.Load(),
+		PagesStored:    pages,
+		Reads:          c.reads.Load(),
+		Writes:         c.writes.Load(),
+		SlotTableBytes: d.table.bytes(),
+		StoreMetaBytes: ss.MetadataBytes,
+	}
+}
+
+// MMStat formats the figures as zram's mm_stat file, column for column.
+func (s Stats) MMStat() string {
+	return fmt.Sprintf("%8d %8d %8d %8d %8d %8d %8d %8d %8d\n",
+		s.OrigDataSize, s.ComprDataSize, s.MemUsedTotal, s.MemLimit, s.MemUsedMax,
+		s.SamePages, s.PagesCompacted, s.HugePages, s.HugePagesSince)
+}
+
+// IOStat formats the figures as zram's io_stat file.
+func (s Stats) IOStat() string {
+	return fmt.Sprintf("%8d %8d %8d %8d\n", s.FailedReads, s.FailedWrites, s.InvalidIO, s.NotifyFree)
+}
