@@ -36,16 +36,10 @@ type Config struct {
 	Size       int64 // bytes; rounded up to a whole page
 	Algorithm  string
 	Params     zcomp.Params
+	ParamsText string // Params as the admin wrote them, for display
 	StreamMode streams.Mode
 	Streams    int   // 0: one per CPU
 	MemLimit   int64 // bytes of store memory; 0: none
-}
-
-// compressors is what the device needs from streams: a stream for a
-// priority, and a way to hand it back.
-type compressors interface {
-	Get(prio int) (*streams.Stream, error)
-	Put(s *streams.Stream)
 }
 
 // Device is a compressed RAM block device.
@@ -60,8 +54,7 @@ type Device struct {
 	slots []slot
 	locks pageLocks
 	store *pagestore.Store
-	comps compressors
-	set   streams.Set
+	comps compTable
 
 	pages sync.Pool // *[PageSize]byte scratch for sub-page work
 
@@ -92,10 +85,10 @@ func New(cfg Config) (*Device, error) {
 	if cfg.Algorithm == "" {
 		cfg.Algorithm = zcomp.Default
 	}
-	backend, err := zcomp.Lookup(cfg.Algorithm)
-	if err != nil {
+	if _, err := zcomp.Lookup(cfg.Algorithm); err != nil {
 		return nil, fmt.Errorf("blockdev: %w", err)
 	}
+	var err error
 	size := (uint64(cfg.Size) + PageSize - 1) / PageSize * PageSize
 	d := &Device{name: cfg.Name, algo: cfg.Algorithm, size: size, npages: size / PageSize, epoch: time.Now()}
 	d.pages.New = func() any { return new([PageSize]byte) }
@@ -107,20 +100,12 @@ func New(cfg Config) (*Device, error) {
 		d.table.close()
 		return nil, fmt.Errorf("blockdev: %w", err)
 	}
-	primary, err := streams.NewPool(streams.PoolConfig{
-		Backend:  backend,
-		Params:   cfg.Params,
-		Mode:     cfg.StreamMode,
-		Max:      cfg.Streams,
-		Prealloc: true, // a swap device must not allocate on its write path
-	})
-	if err != nil {
+	d.comps.mode, d.comps.streams = cfg.StreamMode, cfg.Streams
+	if err := d.comps.install(0, cfg.Algorithm, cfg.Params, cfg.ParamsText); err != nil {
 		d.store.Close()
 		d.table.close()
-		return nil, fmt.Errorf("blockdev: %w", err)
+		return nil, err
 	}
-	d.set.SetPool(0, primary)
-	d.comps = &d.set
 	return d, nil
 }
 
@@ -135,7 +120,11 @@ func (d *Device) Algorithm() string { return d.algo }
 
 // Close frees all the device's memory. No I/O may be in flight.
 func (d *Device) Close() error {
-	d.set.Close()
+	// Free every page first: each holds a reference on its compressor.
+	for i := range d.slots {
+		d.freeLocked(uint64(i))
+	}
+	d.comps.close()
 	err := d.store.Close()
 	if terr := d.table.close(); err == nil {
 		err = terr
@@ -294,13 +283,15 @@ func (d *Device) readPageLocked(page uint64, dst []byte) error {
 			return fmt.Errorf("blockdev: read page %d: huge object is %d bytes, want %d", page, n, PageSize)
 		}
 	default:
-		st, err := d.comps.Get(int(s.prio))
+		// The page's reference keeps its compressor alive.
+		c := d.comps.byID[s.comp].Load()
+		st, err := c.pool.Get()
 		if err != nil {
 			return fmt.Errorf("blockdev: read page %d: %w", page, err)
 		}
 		n := d.store.Read(pagestore.Handle(s.handle), st.Buf)
 		m, err := st.Ctx.Decompress(dst, st.Buf[:n])
-		d.comps.Put(st)
+		c.pool.Put(st)
 		if err != nil {
 			return fmt.Errorf("blockdev: read page %d: %w", page, err)
 		}
@@ -324,11 +315,16 @@ func (d *Device) writePageLocked(page uint64, src []byte) error {
 		d.stats.pagesStored.Add(1)
 		return nil
 	}
-	st, err := d.comps.Get(0)
+	c, err := d.comps.acquire(0)
 	if err != nil {
 		return fmt.Errorf("blockdev: write page %d: %w", page, err)
 	}
-	defer d.comps.Put(st)
+	defer c.pool.Unref()
+	st, err := c.pool.Get()
+	if err != nil {
+		return fmt.Errorf("blockdev: write page %d: %w", page, err)
+	}
+	defer c.pool.Put(st)
 	data, flags := src, slotHuge
 	if n, err := st.Ctx.Compress(st.Buf[:HugeThreshold], src); err == nil {
 		data, flags = st.Buf[:n], 0
@@ -343,7 +339,10 @@ func (d *Device) writePageLocked(page uint64, src []byte) error {
 		return fmt.Errorf("blockdev: write page %d: %w", page, err)
 	}
 	d.freeLocked(page)
-	d.slots[page] = slot{handle: uint64(h), size: uint16(len(data)), flags: flags, atime: d.now()}
+	if flags&slotHuge == 0 {
+		c.pool.Ref() // the page needs its compressor to be read back
+	}
+	d.slots[page] = slot{handle: uint64(h), size: uint16(len(data)), flags: flags, comp: c.id, atime: d.now()}
 	d.stats.pagesStored.Add(1)
 	d.stats.comprDataSize.Add(int64(len(data)))
 	if flags&slotHuge != 0 {
@@ -367,6 +366,8 @@ func (d *Device) freeLocked(page uint64) {
 		d.stats.comprDataSize.Add(-int64(s.size))
 		if s.flags&slotHuge != 0 {
 			d.stats.hugePages.Add(-1)
+		} else {
+			d.comps.byID[s.comp].Load().pool.Unref()
 		}
 	}
 	d.stats.pagesStored.Add(-1)

@@ -15,7 +15,7 @@ type slot struct {
 	handle uint64 // pagestore handle, or the fill word of a same-filled page
 	size   uint16 // stored object size in bytes (0 for same-filled/empty)
 	flags  uint8
-	prio   uint8  // which compressor stored the page (priority 0..3)
+	comp   uint8  // id of the compressor that stored it (compTable)
 	atime  uint32 // last access, seconds since the device was created
 }
 
