@@ -13,9 +13,12 @@ const (
 	classStep    = 16 // zsmalloc's ZS_SIZE_CLASS_DELTA on 4 KiB pages
 	maxSpanPages = 16 // zsmalloc allows chains up to 16 pages; longer spans waste less at the tail
 
-	// spanPrefer: a longer span is chosen only if it cuts the tail waste by at
-	// least this fraction of the span, so short spans (less memory stranded in a
-	// class's partial span, finer compaction) win near-ties.
+	// spanMetaBytes approximates a span's Go-heap record (struct plus slice
+	// header rounding); the per-slot rev entry is the same for every length.
+	spanMetaBytes = 96
+	// spanPrefer: a longer span is chosen only if it saves at least this
+	// fraction of the object size per object, so short spans (less memory
+	// stranded in a class's partial span, finer compaction) win near-ties.
 	spanPrefer = 0.002
 )
 
@@ -28,7 +31,8 @@ type classInfo struct {
 
 // buildClasses computes the class table and the size-to-class lookup indexed
 // by (n+15)/16. Sizes run 32..4096 in 16-byte steps; each picks the span
-// length (1..maxSpanPages pages) that wastes least at the span's tail.
+// length (1..maxSpanPages pages) that wastes least per object, counting the
+// span's tail and its Go-heap record.
 // Adjacent sizes that end up with the same pages and slots per span are
 // merged into the largest of them, as zsmalloc does: their spans are laid out
 // identically, so one class serves both at no cost in memory and with fewer
@@ -38,11 +42,22 @@ func buildClasses() ([]classInfo, [MaxObjectSize/classStep + 1]uint8) {
 	var bySize [MaxObjectSize/classStep + 1]uint8
 	var classOf [MaxObjectSize/classStep + 1]int // index into desc
 	for size := MaxObjectSize; size >= minClassSize; size -= classStep {
-		best, bestWaste := uint32(1), 2.0
+		// Cost per object of each span length: its share of the tail waste
+		// and of the span's record. Exact fits (2048, 4096...) would otherwise
+		// get one-page spans whose record costs more than a 16-page span's tail.
+		cost := func(p int) float64 {
+			objs := p * PageSize / size
+			return float64(p*PageSize-objs*size+spanMetaBytes) / float64(objs)
+		}
+		minCost := cost(1)
+		for p := 2; p <= maxSpanPages; p++ {
+			minCost = min(minCost, cost(p))
+		}
+		best := uint32(1)
 		for p := 1; p <= maxSpanPages; p++ {
-			w := float64((p*PageSize)%size) / float64(p*PageSize)
-			if w < bestWaste-spanPrefer {
-				best, bestWaste = uint32(p), w
+			if cost(p) <= minCost+spanPrefer*float64(size) {
+				best = uint32(p)
+				break
 			}
 		}
 		ci := classInfo{size: uint32(size), pages: best, objs: best * PageSize / uint32(size)}

@@ -124,6 +124,9 @@ func (c *class) fullestOther(src *span) *span {
 }
 
 func (s *Store) noteStep(d time.Duration) {
+	if s.stepHook != nil {
+		s.stepHook(d)
+	}
 	for {
 		m := s.longestStep.Load()
 		if int64(d) <= m || s.longestStep.CompareAndSwap(m, int64(d)) {

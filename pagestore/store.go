@@ -109,17 +109,18 @@ type Store struct {
 	freeable       atomic.Int64 // bytes compaction could give back now
 	longestStep    atomic.Int64 // ns: longest a compaction step held a class lock
 
-	auto        bool
-	ratio       float64
-	minBytes    int64
-	compactMu   sync.Mutex // one compaction at a time
-	wake        chan struct{}
-	stop        chan struct{}
-	done        chan struct{}
-	closed      atomic.Bool
-	closeOnce   sync.Once
-	autoRuns    atomic.Int64
-	autoSignals atomic.Int64
+	auto      bool
+	ratio     float64
+	minBytes  int64
+	compactMu sync.Mutex // one compaction at a time
+	wake      chan struct{}
+	stop      chan struct{}
+	done      chan struct{}
+	closed    atomic.Bool
+	closeOnce sync.Once
+	autoRuns  atomic.Int64
+
+	stepHook func(time.Duration) // tests: sees every compaction step's lock hold
 }
 
 // New builds an empty store. It maps no memory until the first Put.
@@ -367,6 +368,13 @@ func (s *Store) newSpan(c *class) (*span, error) {
 	} else {
 		sp.id = uint32(len(c.spans))
 		c.spans = append(c.spans, sp)
+		if cap(c.freeIDs) < cap(c.spans) {
+			// Sized with spans so dropSpan never allocates: compaction holds
+			// the class lock there, and an allocation may have to assist the GC.
+			ids := make([]uint32, len(c.freeIDs), cap(c.spans))
+			copy(ids, c.freeIDs)
+			c.freeIDs = ids
+		}
 	}
 	c.nspans++
 	sp.group = 0
