@@ -10,11 +10,53 @@
 // writes into dst and fails with ErrNoSpace when the result would not fit in
 // len(dst); the block device passes a dst sized to its huge threshold, so an
 // incompressible page costs one failed attempt and is then stored raw.
+// Decompress fails with an error wrapping ErrCorrupt, never writes past
+// len(dst), and treats output that would not fit as corrupt.
+//
+// # Backends
+//
+// Each is one file, registered under zram's name, with zram's level meaning:
+//
+//	name     library                       level (0 = default)                  dict
+//	lz4      pierrec/lz4 block             acceleration 1..65537, as zram's     no
+//	                                       LZ4_compress_fast; default is
+//	                                       pierrec's own faster compressor
+//	lz4hc    pierrec/lz4 CompressorHC      1..16, 2^(N-1) chain candidates as   no
+//	                                       the kernel's lz4hc; default 9
+//	zstd     klauspost/compress/zstd       1..22 mapped onto klauspost's four   trained or raw
+//	                                       strategies (zstd.go); default 3
+//	deflate  klauspost/compress/flate      zlib's 1..9, raw deflate; default 6  raw, last 32 KiB
+//
+// lz4 is the default: fastest by far and what zram users pick for swap.
+// lz4hc trades compression speed for ratio at the same decompression speed;
+// zstd and deflate trade both for the best ratios, zstd decoding about twice
+// as fast as deflate. pierrec/lz4 cannot compress with a dictionary, so lz4
+// and lz4hc reject one rather than ignore it.
+//
+// # Memory per context
+//
+// Measured after one page (stream count x this is what streams/ pays):
+// lz4 about 150 KiB (70 KiB with a level), lz4hc 280 KiB, deflate 0.85-1.4
+// MiB, zstd 0.6 MiB (level 1-2), 1.7 MiB (3-5), 6.5 MiB (6-9) and 37 MiB
+// (10-22: klauspost's best strategy has fixed 34 MiB match tables, and
+// compresses a page at only a few MB/s). A dictionary adds its tables.
+//
+// # Allocations
+//
+// Every backend compresses and decompresses without allocating once its
+// context is built (TestZeroAlloc); zstd and deflate contexts run a few
+// synthetic pages at construction so their buffers are already grown. Two
+// library details remain, both rare and bounded: zstd's decoder borrows its
+// Huffman and FSE tables from package-level sync.Pools, which the GC may
+// empty (and the race detector empties on purpose), and flate's decoder grows
+// its Huffman overflow tables to the deepest code it has seen. Both show as
+// under 4 B/op averaged in the benchmarks.
 package zcomp
 
 import (
 	"errors"
 	"fmt"
+	"math/bits"
 	"sort"
 	"strings"
 	"sync"
@@ -61,6 +103,38 @@ type Backend interface {
 	NewContext(p Params) (Context, error)
 }
 
+// LevelValidator is implemented by backends that check a level on its own,
+// so a control plane can reject "level=N" before it builds any context.
+// It is a separate interface so that test doubles of Backend need not grow.
+type LevelValidator interface {
+	// ValidateLevel returns nil if level is usable (0 always is: the
+	// default) and otherwise an error naming the valid range.
+	ValidateLevel(level int) error
+}
+
+// ValidateLevel checks level against the named backend's valid range.
+func ValidateLevel(name string, level int) error {
+	b, err := Lookup(name)
+	if err != nil {
+		return err
+	}
+	if v, ok := b.(LevelValidator); ok {
+		return v.ValidateLevel(level)
+	}
+	if level != 0 {
+		return fmt.Errorf("zcomp: %s has no levels (got level=%d)", name, level)
+	}
+	return nil
+}
+
+// checkRange is the shared shape of the backends' level checks.
+func checkRange(name string, level, lo, hi int, def string) error {
+	if level == 0 || (level >= lo && level <= hi) {
+		return nil
+	}
+	return fmt.Errorf("zcomp: %s: level %d out of range: want %d..%d, or 0 for the default (%s)", name, level, lo, hi, def)
+}
+
 var (
 	registryMu sync.RWMutex
 	registry   = map[string]Backend{}
@@ -102,3 +176,41 @@ func Names() []string {
 // Default is the algorithm a device uses when none is named, as zram's lzo-rle
 // is for the kernel; lz4 is the fastest of our backends.
 const Default = "lz4"
+
+// warm runs a context once over synthetic pages so the buffers its library
+// grows on demand (decoder literal buffers, Huffman link tables, pooled
+// entropy tables) reach a page's high-water mark while the context is built,
+// not on the first pages of the I/O path, which may run when memory is short
+// (DESIGN.md §4.5).
+func warm(c Context) {
+	var page, comp, out [PageSize]byte
+	x := uint32(2463534242)
+	next := func() uint32 { // xorshift32: deterministic, no allocation
+		x ^= x << 13
+		x ^= x >> 17
+		x ^= x << 5
+		return x
+	}
+	words := [...]string{"the ", "page ", "swap ", "zram ", "0x7f3a ", "func ", "return ", "\n\t"}
+	for pass := 0; pass < 3; pass++ {
+		switch pass {
+		case 0: // text-like: matches plus Huffman and FSE tables
+			for i := 0; i < len(page); {
+				i += copy(page[i:], words[next()%uint32(len(words))])
+			}
+		case 1: // geometric symbols, no matches: a page of literals with
+			// long Huffman codes, the largest tables and literal buffers
+			for i := range page {
+				v := next()
+				page[i] = byte(bits.TrailingZeros32(v|1<<31)*7 + int(v>>29))
+			}
+		case 2: // noise: stored or raw blocks of a full page
+			for i := range page {
+				page[i] = byte(next())
+			}
+		}
+		if n, err := c.Compress(comp[:], page[:]); err == nil {
+			_, _ = c.Decompress(out[:], comp[:n])
+		}
+	}
+}

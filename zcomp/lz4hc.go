@@ -1,0 +1,59 @@
+package zcomp
+
+import (
+	"fmt"
+
+	"github.com/pierrec/lz4/v4"
+)
+
+// lz4hcBackend is LZ4 high-compression (pierrec's CompressorHC), zram's
+// "lz4hc". Its output is the plain LZ4 block format, decoded like lz4's.
+//
+// Levels follow the kernel's lz4hc (lib/lz4/lz4hc_compress.c): level N
+// follows at most 2^(N-1) candidates per hash chain, N in 1..16, default 9
+// (LZ4HC_DEFAULT_CLEVEL, 256 candidates). pierrec's CompressorHC.Level is that
+// same search depth, so the mapping is exact rather than approximate.
+type lz4hcBackend struct{}
+
+func init() { Register(lz4hcBackend{}) }
+
+const (
+	lz4hcMinLevel     = 1
+	lz4hcMaxLevel     = 16 // LZ4HC_MAX_CLEVEL in the kernel
+	lz4hcDefaultLevel = 9  // LZ4HC_DEFAULT_CLEVEL
+)
+
+func (lz4hcBackend) Name() string { return "lz4hc" }
+
+func (lz4hcBackend) ValidateLevel(level int) error {
+	return checkRange("lz4hc", level, lz4hcMinLevel, lz4hcMaxLevel, "9")
+}
+
+func (b lz4hcBackend) NewContext(p Params) (Context, error) {
+	if err := b.ValidateLevel(p.Level); err != nil {
+		return nil, err
+	}
+	if p.Dict != nil {
+		return nil, fmt.Errorf("zcomp: lz4hc: %w", errLZ4Dict)
+	}
+	level := p.Level
+	if level == 0 {
+		level = lz4hcDefaultLevel
+	}
+	return &lz4hcContext{c: lz4.CompressorHC{Level: lz4.CompressionLevel(1) << (level - 1)}}, nil
+}
+
+// lz4hcContext owns CompressorHC's hash and chain tables (256 KiB for inputs
+// up to 64 KiB), so a page clears the 128 KiB hash table instead of
+// allocating one.
+type lz4hcContext struct {
+	c lz4.CompressorHC
+}
+
+func (c *lz4hcContext) Compress(dst, src []byte) (int, error) {
+	return lz4Result(c.c.CompressBlock(src, dst[:len(dst):len(dst)]))
+}
+
+func (c *lz4hcContext) Decompress(dst, src []byte) (int, error) { return lz4Decompress(dst, src) }
+
+func (c *lz4hcContext) Close() {}

@@ -1,0 +1,5 @@
+//go:build !race
+
+package zcomp
+
+const raceEnabled = false
