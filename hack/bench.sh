@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# One-command benchmark: builds uzram and hack/bench, then runs uzram (lz4
+# percpu, lz4 pool, zstd percpu) against nbdkit null / memory sparse / memory
+# zstd through fio's nbd engine, with host kernel zram as a reference.
+#
+#   hack/bench.sh            full run (about 40 minutes)
+#   hack/bench.sh --quick    spine figures only (a few minutes)
+#   hack/bench.sh --go       Go hot-path benchmarks with -benchmem
+#
+# Any other flags go to hack/bench (see: go run ./hack/bench --help).
+# Results: results/bench-<date>.md (also on stdout), .tsv and .png charts.
+# Needs root for /dev/zram0 (skipped otherwise, or with --no-zram).
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+build=hack/.build/bench
+mkdir -p "$build" results
+
+need=(go)
+if [[ " $* " != *" --go "* ]]; then need+=(fio nbdkit gnuplot); fi
+for t in "${need[@]}"; do
+	command -v "$t" >/dev/null || { echo "bench.sh: $t not found" >&2; exit 1; }
+done
+
+go build -o "$build/uzram" .
+go build -o "$build/bench" ./hack/bench
+
+if [[ $(id -u) != 0 && " $* " != *" --no-zram "* ]]; then
+	set -- --no-zram "$@"
+fi
+
+# hack/bench stops its servers and resets /dev/zram0 itself on SIGINT/TERM;
+# the trap forwards those signals and waits for it to finish cleaning up.
+pid=
+cleanup() {
+	if [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null; then
+		kill -TERM "$pid" 2>/dev/null || true
+		wait "$pid" 2>/dev/null || true
+	fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+"$build/bench" --uzram "$build/uzram" --repo "$root" --out results "$@" &
+pid=$!
+wait "$pid"
