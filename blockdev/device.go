@@ -332,13 +332,18 @@ func (d *Device) writePageLocked(page uint64, src []byte) error {
 		return fmt.Errorf("blockdev: write page %d: %w", page, err)
 	}
 	h, err := d.store.Put(data)
-	if err != nil {
-		if errors.Is(err, pagestore.ErrLimit) {
-			return fmt.Errorf("%w: write page %d: %v", ErrNoSpace, page, err)
-		}
+	switch {
+	case err == nil:
+		d.freeLocked(page)
+	case errors.Is(err, pagestore.ErrLimit) && d.overwriteLocked(page, data):
+		// At mem_limit, but the new contents fit the old object's place.
+		h = pagestore.Handle(d.slots[page].handle)
+		d.forgetLocked(page, false)
+	case errors.Is(err, pagestore.ErrLimit):
+		return fmt.Errorf("%w: write page %d: %v", ErrNoSpace, page, err)
+	default:
 		return fmt.Errorf("blockdev: write page %d: %w", page, err)
 	}
-	d.freeLocked(page)
 	if flags&slotHuge == 0 {
 		c.pool.Ref() // the page needs its compressor to be read back
 	}
@@ -352,8 +357,19 @@ func (d *Device) writePageLocked(page uint64, src []byte) error {
 	return nil
 }
 
+// overwriteLocked rewrites a page's stored object in place when the new data
+// falls in the same size class, so it needs no new store memory.
+func (d *Device) overwriteLocked(page uint64, data []byte) bool {
+	s := &d.slots[page]
+	return s.handle != 0 && s.flags&slotSame == 0 && d.store.Overwrite(pagestore.Handle(s.handle), data)
+}
+
 // freeLocked empties a slot and gives its object back to the store.
-func (d *Device) freeLocked(page uint64) {
+func (d *Device) freeLocked(page uint64) { d.forgetLocked(page, true) }
+
+// forgetLocked empties a slot and undoes its accounting; with freeObject it
+// also frees the stored object (without, the caller has reused it).
+func (d *Device) forgetLocked(page uint64, freeObject bool) {
 	s := &d.slots[page]
 	if s.empty() {
 		*s = slot{}
@@ -362,7 +378,9 @@ func (d *Device) freeLocked(page uint64) {
 	if s.flags&slotSame != 0 {
 		d.stats.samePages.Add(-1)
 	} else {
-		d.store.Free(pagestore.Handle(s.handle))
+		if freeObject {
+			d.store.Free(pagestore.Handle(s.handle))
+		}
 		d.stats.comprDataSize.Add(-int64(s.size))
 		if s.flags&slotHuge != 0 {
 			d.stats.hugePages.Add(-1)

@@ -309,3 +309,65 @@ func BenchmarkReadPage(b *testing.B) {
 		}
 	}
 }
+
+// TestMemLimit: at the limit, writes that need memory fail with ErrNoSpace
+// and change nothing; rewrites that fit the old object's size class, zero
+// pages, reads and discards keep working.
+func TestMemLimit(t *testing.T) {
+	d, err := New(Config{Name: "lim", Size: 8 << 20, MemLimit: 256 << 10, StreamMode: streams.DefaultMode})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	page := func(seed uint64) []byte {
+		p := make([]byte, PageSize)
+		r := rand.New(rand.NewPCG(seed, 1))
+		for i := 0; i < PageSize; i += 2 {
+			p[i] = byte(r.Uint32())
+		}
+		return p
+	}
+	var n uint64
+	for ; ; n++ {
+		err := d.WriteAt(page(n), n*PageSize)
+		if errors.Is(err, ErrNoSpace) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	st := d.Stats()
+	if st.MemUsedTotal > st.MemLimit || st.FailedWrites != 1 {
+		t.Fatalf("at limit: %+v", st)
+	}
+	got := make([]byte, PageSize)
+	if err := d.ReadAt(got, n*PageSize); err != nil || !bytes.Equal(got, make([]byte, PageSize)) {
+		t.Fatalf("refused page is not untouched: %v", err)
+	}
+	// A rewrite of page 0 with different data of the same compressibility
+	// lands in the same class (or a smaller one, which still fits).
+	p0 := page(1 << 40)
+	if err := d.WriteAt(p0, 0); err != nil {
+		t.Fatalf("same-class rewrite at the limit: %v", err)
+	}
+	if err := d.WriteAt(make([]byte, PageSize), n*PageSize); err != nil {
+		t.Fatalf("zero page at the limit: %v", err)
+	}
+	for i := uint64(0); i < n; i++ {
+		want := page(i)
+		if i == 0 {
+			want = p0
+		}
+		if err := d.ReadAt(got, i*PageSize); err != nil || !bytes.Equal(got, want) {
+			t.Fatalf("page %d lost at the limit (err %v)", i, err)
+		}
+	}
+	if err := d.Discard(0, n*PageSize, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.WriteAt(page(n), n*PageSize); err != nil {
+		t.Fatalf("write after discarding everything: %v", err)
+	}
+	checkStatsConsistent(t, d)
+}
