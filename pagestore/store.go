@@ -11,7 +11,9 @@ import (
 
 // Handle names one stored object. It stays valid, and keeps its value, until
 // Free, whatever compaction does. 0 is never a valid handle, so a zero slot
-// means "nothing stored".
+// means "nothing stored". Read, View, Size and Free of a freed or never
+// issued handle panic with a message instead of touching another object
+// (best effort: an id reissued to a new object cannot be told apart).
 type Handle uint64
 
 var (
