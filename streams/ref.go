@@ -6,14 +6,19 @@ import (
 	"sync/atomic"
 )
 
-// refDead marks a shard that Kill has folded into the central counter. No real
-// shard count reaches it, and Swap makes the fold atomic against CAS users.
-const refDead = math.MinInt64
+// refDead is what Kill swaps into a shard when folding it into the central
+// counter. Later Adds land near it, far below any live shard count (which
+// stays within +-refDeadCheck), so one XADD both counts on a live shard and
+// tells the caller that the shard is dead and the op must go to central.
+const (
+	refDead      = math.MinInt64 / 2
+	refDeadCheck = math.MinInt64 / 4
+)
 
 // refBias keeps the central counter far from zero while shards are being
 // folded, so a transient negative shard sum cannot fake a release (the
 // kernel's PERCPU_COUNT_BIAS).
-const refBias = 1 << 62
+const refBias = 1 << 60
 
 // refShard is one P's share of the count, alone on its cache line (128 bytes
 // covers adjacent-line prefetch on x86).
@@ -61,15 +66,10 @@ func (r *ref) get() {
 // tryGet adds a reference unless the count has already reached zero after
 // Kill (percpu_ref_tryget).
 func (r *ref) tryGet() bool {
-	s := r.shard()
-	for {
-		v := s.Load()
-		if v == refDead {
-			break
-		}
-		if s.CompareAndSwap(v, v+1) {
-			return true
-		}
+	// A live shard means Kill has not folded it yet, so the creator's
+	// reference still stands and the count cannot be zero.
+	if r.shard().Add(1) > refDeadCheck {
+		return true
 	}
 	for {
 		v := r.central.Load()
@@ -84,15 +84,8 @@ func (r *ref) tryGet() bool {
 
 // put drops a reference and runs release if it was the last one after Kill.
 func (r *ref) put() {
-	s := r.shard()
-	for {
-		v := s.Load()
-		if v == refDead {
-			break
-		}
-		if s.CompareAndSwap(v, v-1) {
-			return
-		}
+	if r.shard().Add(-1) > refDeadCheck {
+		return
 	}
 	r.putCentral(1)
 }
@@ -130,7 +123,7 @@ func (r *ref) count() int64 {
 	if c >= refBias/2 { // shards not folded yet (or being folded)
 		c -= refBias
 		for i := range r.shards {
-			if v := r.shards[i].n.Load(); v != refDead {
+			if v := r.shards[i].n.Load(); v > refDeadCheck {
 				c += v
 			}
 		}
