@@ -81,10 +81,10 @@ func BenchmarkPut(b *testing.B) {
 	}
 }
 
-// BenchmarkOverwrite is the steady state of a full device: each op frees a
+// BenchmarkReplace is the steady state of a full device: each op frees a
 // random live object and stores a new one (one Free plus one Put), so slots
 // are reused in spans whose pages are already resident.
-func BenchmarkOverwrite(b *testing.B) {
+func BenchmarkReplace(b *testing.B) {
 	for _, set := range benchSets {
 		b.Run(set.name, func(b *testing.B) {
 			s := benchStore(b)
