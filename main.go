@@ -4,13 +4,18 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
 
 	"github.com/urfave/cli/v2"
 
 	"github.com/uzram/uzram/blockdev"
+	"github.com/uzram/uzram/control"
 	"github.com/uzram/uzram/daemon"
 	"github.com/uzram/uzram/sizes"
 	"github.com/uzram/uzram/streams"
@@ -22,9 +27,15 @@ func main() {
 	app := &cli.App{
 		Name:  "uzram",
 		Usage: "compressed RAM block devices served over NBD (userspace zram)",
-		Commands: []*cli.Command{
-			serveCommand(),
-		},
+		UsageText: "uzram [options] [NAME...]                 list devices, as zramctl\n" +
+			"uzram --find --size 4G [--algorithm zstd]  create a device, print its name\n" +
+			"uzram --reset NAME...                      free devices\n" +
+			"uzram COMMAND [options] [args]             run the daemon, tune a device, attach it, make it swap",
+		Flags:    listFlags(),
+		Action:   listAction,
+		Commands: append([]*cli.Command{serveCommand()}, clientCommands()...),
+		// Every error is one line on stderr (main prints it), never a usage dump.
+		OnUsageError:   usageError,
 		ExitErrHandler: func(c *cli.Context, err error) {},
 	}
 	if err := app.Run(os.Args); err != nil {
@@ -51,7 +62,12 @@ func serveCommand() *cli.Command {
 			&cli.BoolFlag{Name: "no-mlock", Usage: "do not lock the server's memory"},
 			&cli.BoolFlag{Name: "no-oom-adj", Usage: "do not set oom_score_adj to -1000"},
 			&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, Usage: "log connections"},
+			&cli.StringFlag{Name: "control", Usage: "control API unix socket (default: control.sock beside the device sockets)"},
+			&cli.StringFlag{Name: "socket-dir", Usage: "directory for the sockets of devices created at runtime (default: --socket's, or /run/uzram)"},
+			&cli.BoolFlag{Name: "no-device", Usage: "start with no device; create them with `uzram --find --size ...`"},
+			&cli.StringFlag{Name: "metrics", Usage: "serve Prometheus metrics on [HOST:]PORT (a bare port listens on 127.0.0.1)"},
 		},
+		OnUsageError: usageError,
 		Action: func(c *cli.Context) error {
 			if c.NArg() > 0 {
 				return fmt.Errorf("serve takes no arguments, got %q", c.Args().First())
@@ -83,8 +99,26 @@ func serveCommand() *cli.Command {
 			}
 			name := c.String("name")
 			socket := c.String("socket")
-			if socket == "" {
+			if c.Bool("no-device") {
+				if socket != "" {
+					return fmt.Errorf("--socket names the first device's socket, but --no-device asks for none: use --socket-dir")
+				}
+			} else if socket == "" {
 				socket = daemon.SocketPath(name)
+			}
+			sockDir := c.String("socket-dir")
+			if sockDir == "" {
+				sockDir = daemon.DefaultSocketDir
+				if socket != "" {
+					sockDir = filepath.Dir(socket)
+				}
+			}
+			// An explicit control socket must work; a defaulted one beside
+			// a device socket may be taken by another daemon of the old
+			// one-device kind, which is only worth a warning.
+			ctl, explicit := controlFlag(c)
+			if !explicit {
+				ctl = filepath.Join(sockDir, "control.sock")
 			}
 			level := slog.LevelInfo
 			if c.Bool("verbose") {
@@ -93,15 +127,359 @@ func serveCommand() *cli.Command {
 			return daemon.Run(context.Background(), daemon.Config{
 				Device: blockdev.Config{
 					Name: name, Size: sizes.RoundPage(size), Algorithm: c.String("algorithm"), Params: params,
-					StreamMode: mode, Streams: c.Int("streams"), MemLimit: limit,
+					ParamsText: c.String("algorithm-params"), StreamMode: mode, Streams: c.Int("streams"), MemLimit: limit,
 				},
-				Socket: socket,
-				Listen: c.String("listen"),
+				NoDevice:        c.Bool("no-device"),
+				Socket:          socket,
+				SocketDir:       sockDir,
+				Listen:          c.String("listen"),
+				Control:         ctl,
+				ControlOptional: !explicit && !c.Bool("no-device"),
+				Metrics:         c.String("metrics"),
 				Swapsafe: swapsafe.Options{
 					IOFlusher: !c.Bool("no-io-flusher"), Mlock: !c.Bool("no-mlock"), OOMScoreAdj: !c.Bool("no-oom-adj"),
 				},
 				Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})),
 			})
+		},
+	}
+}
+
+// usageError keeps flag mistakes to one line, like every other error.
+func usageError(c *cli.Context, err error, _ bool) error {
+	return fmt.Errorf("%w (see uzram --help)", err)
+}
+
+// controlFlag finds --control wherever it was given (before or after the
+// subcommand), and whether it was given at all.
+func controlFlag(c *cli.Context) (string, bool) {
+	for _, ctx := range c.Lineage() {
+		if ctx.IsSet("control") {
+			return ctx.String("control"), true
+		}
+	}
+	return control.DefaultSocket, false
+}
+
+func client(c *cli.Context) *control.Client {
+	path, _ := controlFlag(c)
+	return control.NewClient(path)
+}
+
+// listFlags are zramctl's options, plus --json and --control.
+func listFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringFlag{Name: "control", Value: control.DefaultSocket, EnvVars: []string{"UZRAM_CONTROL"}, Usage: "the daemon's control socket"},
+		&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Usage: "columns to print, comma-separated; +LIST adds to the defaults (" + strings.Join(control.AllColumns(), ",") + ")"},
+		&cli.BoolFlag{Name: "output-all", Usage: "print every column"},
+		&cli.BoolFlag{Name: "raw", Usage: "raw output: no alignment"},
+		&cli.BoolFlag{Name: "bytes", Aliases: []string{"b"}, Usage: "sizes in bytes rather than 1.2G"},
+		&cli.BoolFlag{Name: "noheadings", Aliases: []string{"n"}, Usage: "no header line"},
+		&cli.BoolFlag{Name: "json", Aliases: []string{"J"}, Usage: "JSON output"},
+		&cli.BoolFlag{Name: "find", Aliases: []string{"f"}, Usage: "create the first free uzramN and print its name"},
+		&cli.StringFlag{Name: "size", Aliases: []string{"s"}, Usage: "size of the device to create, like 4G"},
+		&cli.StringFlag{Name: "algorithm", Aliases: []string{"a"}, Usage: "compression algorithm: " + strings.Join(zcomp.Names(), ", ")},
+		&cli.StringFlag{Name: "algorithm-params", Usage: `algorithm parameters, zram style: "level=3 dict=/path"`},
+		&cli.IntFlag{Name: "streams", Aliases: []string{"t"}, Usage: "number of compression streams (0: one per CPU)"},
+		&cli.StringFlag{Name: "mem-limit", Usage: "store memory limit of the device to create (0: none)"},
+		&cli.BoolFlag{Name: "reset", Aliases: []string{"r"}, Usage: "free the named devices"},
+	}
+}
+
+// listAction is zramctl: list, --find/--size create, --reset free.
+func listAction(c *cli.Context) error {
+	cl := client(c)
+	args := c.Args().Slice()
+	creating := c.Bool("find") || c.IsSet("size")
+	switch {
+	case c.Bool("reset"):
+		if creating {
+			return fmt.Errorf("--reset cannot be combined with --find or --size")
+		}
+		if len(args) == 0 {
+			return fmt.Errorf("--reset needs the devices to free, like uzram --reset uzram0")
+		}
+		for _, name := range args {
+			if err := cl.Remove(name); err != nil {
+				return err
+			}
+		}
+		return nil
+	case creating:
+		if !c.IsSet("size") {
+			return fmt.Errorf("--find needs --size, like uzram --find --size 4G")
+		}
+		var name string
+		switch {
+		case c.Bool("find") && len(args) > 0:
+			return fmt.Errorf("--find picks the name itself; give either --find or a NAME, not both")
+		case !c.Bool("find") && len(args) != 1:
+			return fmt.Errorf("--size creates one device: give --find or one NAME")
+		case len(args) == 1:
+			name = args[0]
+		}
+		d, err := cl.Create(control.CreateRequest{
+			Name: name, Size: c.String("size"), Algorithm: c.String("algorithm"),
+			AlgorithmParams: c.String("algorithm-params"), Streams: c.Int("streams"), MemLimit: c.String("mem-limit"),
+		})
+		if err != nil {
+			return err
+		}
+		if c.Bool("find") {
+			fmt.Println(d.Name)
+		}
+		return nil
+	}
+	opts := control.ListOptions{Raw: c.Bool("raw"), Bytes: c.Bool("bytes"), NoHeadings: c.Bool("noheadings"), JSON: c.Bool("json")}
+	switch {
+	case c.Bool("output-all") && c.IsSet("output"):
+		return fmt.Errorf("--output and --output-all: give one")
+	case c.Bool("output-all"):
+		opts.Columns = control.AllColumns()
+	case c.IsSet("output"):
+		cols, err := control.ParseColumns(c.String("output"))
+		if err != nil {
+			return fmt.Errorf("--output: %w", err)
+		}
+		opts.Columns = cols
+	}
+	var devs []control.Device
+	if len(args) == 0 {
+		all, err := cl.List()
+		if err != nil {
+			return err
+		}
+		devs = all
+	}
+	for _, name := range args {
+		d, err := cl.Get(name)
+		if err != nil {
+			return err
+		}
+		devs = append(devs, d)
+	}
+	return control.WriteList(os.Stdout, devs, opts)
+}
+
+// knobCommand is one zram sysfs knob: `uzram CMD NAME VALUE...` writes the
+// value (the arguments joined by spaces, so quoting is optional).
+func knobCommand(name, knob, usage, argsUsage string, nargs int, value func(args []string) (string, error)) *cli.Command {
+	return &cli.Command{
+		Name: name, Usage: usage, ArgsUsage: "NAME " + argsUsage, OnUsageError: usageError,
+		Action: func(c *cli.Context) error {
+			args := c.Args().Slice()
+			if len(args) < 1+nargs {
+				return fmt.Errorf("%s needs NAME %s", name, argsUsage)
+			}
+			if nargs == 0 && len(args) > 1 {
+				return fmt.Errorf("%s takes only NAME, got %q too", name, args[1])
+			}
+			v, err := value(args[1:])
+			if err != nil {
+				return err
+			}
+			return client(c).SetKnob(args[0], knob, v)
+		},
+	}
+}
+
+func joined(args []string) (string, error) { return strings.Join(args, " "), nil }
+
+func one(what string) func([]string) (string, error) {
+	return func(args []string) (string, error) {
+		if len(args) != 1 {
+			return "", fmt.Errorf("want one %s, got %q", what, strings.Join(args, " "))
+		}
+		return args[0], nil
+	}
+}
+
+func statCommand(file string) *cli.Command {
+	return &cli.Command{
+		Name: strings.ReplaceAll(file, "_", "-"), Usage: "print " + file + " as zram does", ArgsUsage: "NAME", OnUsageError: usageError,
+		Action: func(c *cli.Context) error {
+			if c.NArg() != 1 {
+				return fmt.Errorf("%s needs one device NAME", c.Command.Name)
+			}
+			text, err := client(c).StatFile(c.Args().First(), file)
+			if err != nil {
+				return err
+			}
+			fmt.Print(text)
+			return nil
+		},
+	}
+}
+
+func clientCommands() []*cli.Command {
+	return []*cli.Command{
+		knobCommand("mem-limit", "mem_limit", "set the device's store memory limit (0: none)", "SIZE", 1, one("SIZE, like 1G")),
+		knobCommand("mem-used-max", "mem_used_max", "reset mem_used_max to the current use", "reset", 1, func(a []string) (string, error) {
+			if len(a) != 1 || a[0] != "reset" && a[0] != "0" {
+				return "", fmt.Errorf("mem-used-max takes NAME reset, got %q", strings.Join(a, " "))
+			}
+			return "0", nil
+		}),
+		knobCommand("compact", "compact", "give sparse store memory back to the OS", "", 0, func([]string) (string, error) { return "1", nil }),
+		knobCommand("idle", "idle", "mark pages idle: all, or those untouched for SECONDS", "all|SECONDS", 1, one("all or SECONDS")),
+		knobCommand("recomp-algorithm", "recomp_algorithm", "set a recompression algorithm", `"algo=zstd priority=1"`, 1, joined),
+		knobCommand("recompress", "recompress", "recompress idle or huge pages", `"type=idle|huge|huge_idle threshold=N max_pages=N"`, 1, joined),
+		knobCommand("algorithm-params", "algorithm_params", "set an algorithm's parameters", `"[priority=N|algo=NAME] level=N dict=PATH"`, 1, joined),
+		knobCommand("comp-algorithm", "comp_algorithm", "switch the primary algorithm (stored pages keep theirs)", "ALGORITHM [level=N ...]", 1, joined),
+		knobCommand("max-comp-streams", "max_comp_streams", "set the number of compression streams (0: one per CPU)", "N", 1, one("stream count")),
+		statCommand("mm_stat"),
+		statCommand("io_stat"),
+		statCommand("debug_stat"),
+		attachCommand(),
+		detachCommand(),
+		swaponCommand(),
+		swapoffCommand(),
+		setupCommand(),
+	}
+}
+
+func attachCommand() *cli.Command {
+	return &cli.Command{
+		Name: "attach", Usage: "attach a device to /dev/nbdN with nbd-client and print the node", ArgsUsage: "NAME [/dev/nbdN]",
+		OnUsageError: usageError,
+		Flags:        []cli.Flag{&cli.BoolFlag{Name: "swap", Usage: "attach for swap (nbd-client -swap)"}},
+		Action: func(c *cli.Context) error {
+			if c.NArg() < 1 || c.NArg() > 2 {
+				return fmt.Errorf("attach needs NAME and optionally /dev/nbdN")
+			}
+			nbd, err := control.Attach(client(c), c.Args().Get(0), c.Args().Get(1), c.Bool("swap"))
+			if err != nil {
+				return err
+			}
+			fmt.Println(nbd)
+			return nil
+		},
+	}
+}
+
+func detachCommand() *cli.Command {
+	return &cli.Command{
+		Name: "detach", Usage: "disconnect a device from its /dev/nbdN (nbd-client -d)", ArgsUsage: "NAME|/dev/nbdN",
+		OnUsageError: usageError,
+		Action: func(c *cli.Context) error {
+			if c.NArg() != 1 {
+				return fmt.Errorf("detach needs NAME or /dev/nbdN")
+			}
+			_, _, err := control.Detach(client(c), c.Args().First())
+			return err
+		},
+	}
+}
+
+func swaponCommand() *cli.Command {
+	return &cli.Command{
+		Name:         "swapon",
+		Usage:        "create a device, attach it, mkswap and swapon --discard=pages, in one step; prints NAME /dev/nbdN",
+		ArgsUsage:    "[NAME]",
+		OnUsageError: usageError,
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "size", Aliases: []string{"s"}, Usage: "device size, like 4G", Required: true},
+			&cli.IntFlag{Name: "priority", Aliases: []string{"p"}, Value: -1, Usage: "swap priority (default: the kernel's)"},
+			&cli.StringFlag{Name: "algorithm", Aliases: []string{"a"}, Usage: "compression algorithm: " + strings.Join(zcomp.Names(), ", ")},
+			&cli.StringFlag{Name: "algorithm-params", Usage: `algorithm parameters: "level=3"`},
+			&cli.StringSliceFlag{Name: "recomp-algorithm", Usage: `recompression algorithm for priority 1, 2, 3 (repeat): "zstd" or "zstd level=9"`},
+			&cli.IntFlag{Name: "streams", Aliases: []string{"t"}, Usage: "number of compression streams (0: one per CPU)"},
+			&cli.StringFlag{Name: "mem-limit", Usage: "store memory limit (0: none)"},
+		},
+		Action: func(c *cli.Context) error {
+			if c.NArg() > 1 {
+				return fmt.Errorf("swapon takes at most one NAME, got %d", c.NArg())
+			}
+			name, nbd, err := control.SwapOn(client(c), control.SwapOptions{
+				Create: control.CreateRequest{
+					Name: c.Args().First(), Size: c.String("size"), Algorithm: c.String("algorithm"),
+					AlgorithmParams: c.String("algorithm-params"), Streams: c.Int("streams"), MemLimit: c.String("mem-limit"),
+				},
+				Priority: c.Int("priority"),
+				Recomp:   c.StringSlice("recomp-algorithm"),
+			})
+			if err != nil {
+				return err
+			}
+			fmt.Println(name, nbd)
+			return nil
+		},
+	}
+}
+
+func swapoffCommand() *cli.Command {
+	return &cli.Command{
+		Name: "swapoff", Usage: "swapoff, detach and free a device made by swapon", ArgsUsage: "NAME", OnUsageError: usageError,
+		Action: func(c *cli.Context) error {
+			if c.NArg() != 1 {
+				return fmt.Errorf("swapoff needs one device NAME")
+			}
+			_, err := control.SwapOff(client(c), c.Args().First())
+			return err
+		},
+	}
+}
+
+func setupCommand() *cli.Command {
+	return &cli.Command{
+		Name:         "setup",
+		Usage:        "set up swap devices from a config file (zram-generator style)",
+		OnUsageError: usageError,
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "config", Value: "/etc/uzram.conf", Usage: "config file"},
+			&cli.BoolFlag{Name: "dry-run", Usage: "print what would be set up, change nothing"},
+		},
+		Action: func(c *cli.Context) error {
+			if c.NArg() > 0 {
+				return fmt.Errorf("setup takes no arguments, got %q", c.Args().First())
+			}
+			cfgs, err := control.LoadConfig(c.String("config"))
+			if err != nil {
+				return err
+			}
+			ram, err := control.HostRAMMiB()
+			if err != nil {
+				return err
+			}
+			// Every size first: a bad section must stop setup before any
+			// device exists.
+			size := make([]int64, len(cfgs))
+			for i := range cfgs {
+				if size[i], err = cfgs[i].SizeBytes(ram); err != nil {
+					return fmt.Errorf("%s: [%s]: %w", c.String("config"), cfgs[i].Name, err)
+				}
+			}
+			cl := client(c)
+			for i, sc := range cfgs {
+				algo := sc.Algorithm
+				if algo == "" {
+					algo = zcomp.Default
+				}
+				if c.Bool("dry-run") {
+					fmt.Printf("%s size=%s algorithm=%s params=%q recomp=%q swap-priority=%d\n",
+						sc.Name, sizes.Human(size[i]), algo, sc.AlgorithmParams, strings.Join(sc.Recomp, ","), sc.Priority)
+					continue
+				}
+				if _, err := cl.Get(sc.Name); err == nil {
+					fmt.Printf("%s exists, left as it is\n", sc.Name)
+					continue
+				} else if !errors.Is(err, control.ErrNotFound) {
+					return err
+				}
+				name, nbd, err := control.SwapOn(cl, control.SwapOptions{
+					Create: control.CreateRequest{
+						Name: sc.Name, Size: strconv.FormatInt(size[i], 10), Algorithm: algo,
+						AlgorithmParams: sc.AlgorithmParams, Streams: sc.Streams, MemLimit: sc.MemLimit,
+					},
+					Priority: sc.Priority,
+					Recomp:   sc.Recomp,
+				})
+				if err != nil {
+					return fmt.Errorf("[%s]: %w", sc.Name, err)
+				}
+				fmt.Printf("%s on %s, %s, swap priority %d\n", name, nbd, sizes.Human(size[i]), sc.Priority)
+			}
+			return nil
 		},
 	}
 }

@@ -1,8 +1,11 @@
-// Package daemon runs uzram's server process: it creates the devices, serves
-// them over NBD on unix sockets (and TCP when asked), makes the process safe
-// to be swap (swapsafe), prints stats on SIGUSR1 and at exit, and shuts down
-// cleanly on SIGINT/SIGTERM: stop accepting, finish in-flight requests,
-// remove the sockets.
+// Package daemon runs uzram's server process: it hosts any number of
+// devices, each exported under its name and served on its own unix socket
+// (and on every other socket too: the NBD server looks exports up by name),
+// answers the control API (control.Manager) on a unix socket, optionally
+// serves Prometheus metrics, makes the process safe to be swap (swapsafe),
+// prints stats on SIGUSR1 and at exit, and shuts down cleanly on
+// SIGINT/SIGTERM: stop accepting, finish in-flight requests, remove the
+// sockets.
 package daemon
 
 import (
@@ -12,34 +15,94 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"regexp"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
 	"syscall"
 	"time"
 
 	"github.com/uzram/uzram/blockdev"
+	"github.com/uzram/uzram/control"
+	"github.com/uzram/uzram/sizes"
+	"github.com/uzram/uzram/streams"
 	"github.com/uzram/uzram/swapsafe"
+	"github.com/uzram/uzram/zcomp"
 )
 
 // Config is everything `uzram serve` was asked for.
 type Config struct {
-	Device   blockdev.Config
-	Socket   string // unix socket path; "" for none
-	Listen   string // TCP host:port; "" for none
-	Swapsafe swapsafe.Options
-	Server   blockdev.ServerOptions
-	Stdout   io.Writer // stats go here
-	Logger   *slog.Logger
+	Device   blockdev.Config // the device to start with, unless NoDevice
+	NoDevice bool            // start empty; devices come through the control API
+	Socket   string          // the first device's unix socket; "" for none
+	// SocketDir holds the sockets of devices created at runtime
+	// (SocketDir/NAME.sock); "" means Socket's directory, or DefaultSocketDir.
+	SocketDir string
+	Listen    string // TCP host:port serving every export; "" for none
+	// Control is the control API's unix socket; "" for none. If
+	// ControlOptional, a control socket already in use by another daemon is
+	// a warning rather than an error, so that two daemons started the old
+	// way (one device each, same directory) still both run.
+	Control         string
+	ControlOptional bool
+	Metrics         string // Prometheus listen address; "" for none
+	Swapsafe        swapsafe.Options
+	Server          blockdev.ServerOptions
+	Stdout          io.Writer // stats go here
+	Logger          *slog.Logger
 	// Ready, if set, is called once the sockets accept connections.
 	Ready func()
 }
 
-// DefaultSocketDir holds the default sockets, one per device.
+// DefaultSocketDir holds the default sockets, one per device, and the
+// control socket.
 const DefaultSocketDir = "/run/uzram"
 
 // SocketPath is the default socket of a device.
 func SocketPath(name string) string { return filepath.Join(DefaultSocketDir, name+".sock") }
+
+// ControlPathFor is where the control socket goes by default when a
+// device socket is given: beside it, so daemons in different directories
+// (tests, say) never meet.
+func ControlPathFor(socket string) string {
+	if socket == "" {
+		return control.DefaultSocket
+	}
+	return filepath.Join(filepath.Dir(socket), "control.sock")
+}
+
+// Daemon is a running server: its devices, their sockets, the NBD server.
+// It implements control.Manager.
+type Daemon struct {
+	cfg     Config
+	log     *slog.Logger
+	srv     *blockdev.Server
+	metrics *Metrics
+
+	mu      sync.Mutex
+	devs    map[string]*entry
+	order   []string
+	closing bool
+	// fatal receives the first error of a listener the daemon did not close.
+	fatal chan error
+}
+
+// entry is one device and what the daemon keeps beside it.
+type entry struct {
+	dev     *blockdev.Device
+	socket  string // "" if it has none of its own
+	l       net.Listener
+	nbd     string // /dev/nbdN recorded by `uzram attach`
+	removed bool   // its listener was closed on purpose: not a failure
+	// ops is held shared by knob calls made outside mu and exclusively to
+	// close the device, so a reset never frees a device under a knob.
+	ops sync.RWMutex
+}
 
 // Run serves until ctx is done or SIGINT/SIGTERM arrives.
 func Run(ctx context.Context, cfg Config) error {
@@ -50,49 +113,82 @@ func Run(ctx context.Context, cfg Config) error {
 	if cfg.Stdout == nil {
 		cfg.Stdout = os.Stdout
 	}
+	if cfg.SocketDir == "" {
+		cfg.SocketDir = DefaultSocketDir
+		if cfg.Socket != "" {
+			cfg.SocketDir = filepath.Dir(cfg.Socket)
+		}
+	}
 	for _, err := range swapsafe.Apply(cfg.Swapsafe) {
 		log.Warn("running without a swap-safety measure", "err", err)
 	}
-	dev, err := blockdev.New(cfg.Device)
-	if err != nil {
-		return err
-	}
-	defer dev.Close()
 	cfg.Server.Logger = log
-	srv := blockdev.NewServer(cfg.Server)
-	if err := srv.AddExport(dev); err != nil {
-		return err
+	d := &Daemon{
+		cfg: cfg, log: log, srv: blockdev.NewServer(cfg.Server), metrics: NewMetrics(),
+		devs: map[string]*entry{}, fatal: make(chan error, 1),
 	}
+	defer d.closeAll()
 
-	var listeners []net.Listener
-	closeAll := func() {
-		for _, l := range listeners {
-			l.Close()
-		}
-	}
-	if cfg.Socket != "" {
-		l, err := ListenUnix(cfg.Socket)
-		if err != nil {
+	if !cfg.NoDevice {
+		if _, err := d.add(cfg.Device, cfg.Socket); err != nil {
 			return err
 		}
-		listeners = append(listeners, l)
-		defer os.Remove(cfg.Socket)
+	} else if cfg.Socket != "" {
+		return errors.New("daemon: a socket was given but no device to serve on it")
 	}
+	var extra []net.Listener // TCP and control: closed at shutdown
+	defer func() {
+		for _, l := range extra {
+			l.Close()
+		}
+	}()
 	if cfg.Listen != "" {
 		l, err := net.Listen("tcp", cfg.Listen)
 		if err != nil {
-			closeAll()
 			return fmt.Errorf("daemon: listen on %s: %w", cfg.Listen, err)
 		}
-		listeners = append(listeners, l)
+		extra = append(extra, l)
+		log.Info("serving every export", "addr", l.Addr().String())
+		go d.serve(l, nil)
 	}
-	if len(listeners) == 0 {
-		return errors.New("daemon: nothing to listen on: give --socket or --listen")
+	var ctl *http.Server
+	if cfg.Control != "" {
+		l, err := ListenUnix(cfg.Control)
+		switch {
+		case err != nil && cfg.ControlOptional:
+			log.Warn("no control socket: devices cannot be managed at runtime", "err", err)
+		case err != nil:
+			return err
+		default:
+			defer os.Remove(cfg.Control)
+			ctl = &http.Server{Handler: control.Handler(d), ReadHeaderTimeout: 10 * time.Second}
+			go func() {
+				if err := ctl.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+					d.fail(fmt.Errorf("daemon: control socket: %w", err))
+				}
+			}()
+			log.Info("control API", "socket", cfg.Control)
+		}
 	}
-	serveErr := make(chan error, len(listeners))
-	for _, l := range listeners {
-		log.Info("serving", "device", dev.Name(), "size", dev.Size(), "algorithm", dev.Algorithm(), "addr", l.Addr().String())
-		go func() { serveErr <- srv.Serve(l) }()
+	var met *http.Server
+	if cfg.Metrics != "" {
+		addr := MetricsAddr(cfg.Metrics)
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			return fmt.Errorf("daemon: metrics: listen on %s: %w", addr, err)
+		}
+		mux := http.NewServeMux()
+		mux.Handle("GET /metrics", d.metricsHandler())
+		met = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		go func() {
+			if err := met.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				d.fail(fmt.Errorf("daemon: metrics: %w", err))
+			}
+		}()
+		log.Info("metrics", "addr", l.Addr().String())
+	}
+	if len(d.List()) == 0 && cfg.Listen == "" && ctl == nil {
+		return errors.New("daemon: nothing to serve: give a device socket, --listen or a control socket")
 	}
 	if cfg.Ready != nil {
 		cfg.Ready()
@@ -107,32 +203,359 @@ loop:
 		select {
 		case s := <-sigs:
 			if s == syscall.SIGUSR1 {
-				printStats(cfg.Stdout, dev)
+				d.printStats()
 				continue
 			}
 			log.Info("shutting down", "signal", s.String())
 			break loop
 		case <-ctx.Done():
 			break loop
-		case err := <-serveErr:
-			if err != nil {
-				runErr = err
-				break loop
-			}
+		case err := <-d.fatal:
+			runErr = err
+			break loop
 		}
 	}
+	// Stop taking control requests first, so no device appears or goes while
+	// the NBD server drains.
 	sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if err := srv.Shutdown(sctx); err != nil && runErr == nil {
+	if ctl != nil {
+		ctl.Shutdown(sctx)
+	}
+	if met != nil {
+		met.Shutdown(sctx)
+	}
+	d.mu.Lock()
+	d.closing = true
+	d.mu.Unlock()
+	if err := d.srv.Shutdown(sctx); err != nil && runErr == nil {
 		runErr = err
 	}
-	printStats(cfg.Stdout, dev)
+	d.printStats()
 	return runErr
 }
 
-func printStats(w io.Writer, d *blockdev.Device) {
-	s := d.Stats()
-	fmt.Fprintf(w, "device %s\nmm_stat %sio_stat %s", d.Name(), s.MMStat(), s.IOStat())
+func (d *Daemon) fail(err error) {
+	select {
+	case d.fatal <- err:
+	default:
+	}
+}
+
+// serve runs the NBD server on l; e is the device owning l, if any.
+func (d *Daemon) serve(l net.Listener, e *entry) {
+	err := d.srv.Serve(l)
+	d.mu.Lock()
+	deliberate := d.closing || e != nil && e.removed
+	d.mu.Unlock()
+	if err != nil && !deliberate {
+		d.fail(err)
+	}
+}
+
+// closeAll frees every device and removes its socket; the server is down.
+func (d *Daemon) closeAll() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.closing = true
+	for _, name := range d.order {
+		e := d.devs[name]
+		if e.l != nil {
+			e.l.Close()
+			os.Remove(e.socket)
+		}
+		e.ops.Lock() // a knob call that outlived the control server's shutdown
+		e.dev.Close()
+		e.ops.Unlock()
+	}
+	d.devs, d.order = map[string]*entry{}, nil
+}
+
+func (d *Daemon) printStats() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, name := range d.order {
+		dev := d.devs[name].dev
+		s := dev.Stats()
+		fmt.Fprintf(d.cfg.Stdout, "device %s\nmm_stat %sio_stat %s", dev.Name(), s.MMStat(), s.IOStat())
+	}
+}
+
+// namePattern keeps names usable as socket file names and NBD export names.
+var namePattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
+
+// add creates a device, exports it and listens on its socket ("" for
+// none). The caller has validated cfg for the admin's benefit; blockdev
+// validates it again.
+func (d *Daemon) add(cfg blockdev.Config, socket string) (*entry, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.addLocked(cfg, socket)
+}
+
+func (d *Daemon) addLocked(cfg blockdev.Config, socket string) (*entry, error) {
+	if d.closing {
+		return nil, errors.New("daemon: shutting down")
+	}
+	if _, dup := d.devs[cfg.Name]; dup {
+		return nil, control.Errorf(control.ErrExists, "device %s already exists", cfg.Name)
+	}
+	dev, err := blockdev.New(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("daemon: create %s: %w", cfg.Name, err)
+	}
+	if err := d.srv.AddExport(dev); err != nil {
+		dev.Close()
+		return nil, fmt.Errorf("daemon: %w", err)
+	}
+	e := &entry{dev: dev, socket: socket}
+	if socket != "" {
+		l, err := ListenUnix(socket)
+		if err != nil {
+			d.srv.RemoveExport(cfg.Name)
+			dev.Close()
+			return nil, err
+		}
+		e.l = l
+		go d.serve(l, e)
+	}
+	d.devs[cfg.Name] = e
+	d.order = append(d.order, cfg.Name)
+	d.log.Info("serving", "device", dev.Name(), "size", dev.Size(), "algorithm", dev.Algorithm(), "socket", socket)
+	return e, nil
+}
+
+// List implements control.Manager.
+func (d *Daemon) List() []control.Device {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	sockets := d.socketsLocked()
+	out := make([]control.Device, 0, len(d.order))
+	for _, name := range d.order {
+		out = append(out, d.infoLocked(d.devs[name], sockets))
+	}
+	return out
+}
+
+// Get implements control.Manager.
+func (d *Daemon) Get(name string) (control.Device, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	e, err := d.lookupLocked(name)
+	if err != nil {
+		return control.Device{}, err
+	}
+	return d.infoLocked(e, d.socketsLocked()), nil
+}
+
+func (d *Daemon) lookupLocked(name string) (*entry, error) {
+	e, ok := d.devs[name]
+	if !ok {
+		known := "none"
+		if len(d.order) > 0 {
+			known = strings.Join(d.order, ", ")
+		}
+		return nil, control.Errorf(control.ErrNotFound, "no device %q (devices: %s)", name, known)
+	}
+	return e, nil
+}
+
+// socketsLocked lists every unix socket this daemon serves NBD on: an
+// nbd-client may reach any export through any of them.
+func (d *Daemon) socketsLocked() []string {
+	var out []string
+	for _, name := range d.order {
+		if s := d.devs[name].socket; s != "" {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+func (d *Daemon) infoLocked(e *entry, sockets []string) control.Device {
+	s := e.dev.Stats()
+	streams := e.dev.Streams()
+	if streams == 0 {
+		streams = runtime.GOMAXPROCS(0) // what streams.Pool follows when told 0
+	}
+	info := control.Device{
+		Name: e.dev.Name(), DiskSize: int64(e.dev.Size()), Streams: streams, Socket: e.socket,
+		Connections: d.srv.Attached(e.dev),
+		MM: control.MMStat{
+			OrigDataSize: s.OrigDataSize, ComprDataSize: s.ComprDataSize, MemUsedTotal: s.MemUsedTotal,
+			MemLimit: s.MemLimit, MemUsedMax: s.MemUsedMax, SamePages: s.SamePages,
+			PagesCompacted: s.PagesCompacted, HugePages: s.HugePages, HugePagesSince: s.HugePagesSince,
+		},
+		IO:         control.IOStat{FailedReads: s.FailedReads, FailedWrites: s.FailedWrites, InvalidIO: s.InvalidIO, NotifyFree: s.NotifyFree},
+		MMStatText: s.MMStat(), IOStatText: s.IOStat(), DebugStatText: e.dev.DebugStat(),
+	}
+	// The compressor table, not Algorithm(), names the primary: it is read
+	// under the table's own synchronisation while a knob may be switching it.
+	for _, c := range e.dev.Compressors() {
+		info.Compressors = append(info.Compressors, control.Compressor{
+			Priority: c.Priority, Algorithm: c.Algorithm, Params: c.Params, Current: c.Current,
+		})
+		if c.Current && c.Priority == 0 {
+			info.Algorithm, info.AlgorithmParams = c.Algorithm, c.Params
+		}
+	}
+	// Only a device with a connection can be behind a /dev/nbdN.
+	if info.Connections > 0 {
+		info.NBD = findNBD(e.nbd, e.dev.Name(), sockets)
+		if info.NBD != "" {
+			info.MountPoint = mountPoint(info.NBD)
+		}
+	}
+	return info
+}
+
+// Create implements control.Manager: it checks the request the way the
+// admin wrote it, so every error names the bad value and what would do.
+func (d *Daemon) Create(req control.CreateRequest) (control.Device, error) {
+	cfg, err := deviceConfig(req)
+	if err != nil {
+		return control.Device{}, err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if cfg.Name == "" {
+		cfg.Name = d.freeNameLocked()
+	}
+	if cfg.Name == "control" {
+		return control.Device{}, control.Errorf(control.ErrInvalid, "the name %q is taken by the control socket; choose another", cfg.Name)
+	}
+	e, err := d.addLocked(cfg, filepath.Join(d.cfg.SocketDir, cfg.Name+".sock"))
+	if err != nil {
+		return control.Device{}, err
+	}
+	return d.infoLocked(e, d.socketsLocked()), nil
+}
+
+// freeNameLocked is zramctl --find: the lowest uzramN not in use.
+func (d *Daemon) freeNameLocked() string {
+	for i := 0; ; i++ {
+		n := "uzram" + strconv.Itoa(i)
+		if _, used := d.devs[n]; !used {
+			return n
+		}
+	}
+}
+
+// deviceConfig turns an API request into a device configuration.
+func deviceConfig(req control.CreateRequest) (blockdev.Config, error) {
+	var cfg blockdev.Config
+	if req.Name != "" && !namePattern.MatchString(req.Name) {
+		return cfg, control.Errorf(control.ErrInvalid,
+			"bad device name %q: want letters, digits, '.', '_' or '-', at most 64, like uzram1", req.Name)
+	}
+	if req.Size == "" {
+		return cfg, control.Errorf(control.ErrInvalid, "no size given: want one like --size 4G")
+	}
+	size, err := sizes.Parse(req.Size)
+	if err != nil {
+		return cfg, control.Errorf(control.ErrInvalid, "bad size: %v", err)
+	}
+	if size == 0 {
+		return cfg, control.Errorf(control.ErrInvalid, "bad size %q: a device needs at least one page (4K)", req.Size)
+	}
+	algo := req.Algorithm
+	if algo == "" {
+		algo = zcomp.Default
+	}
+	if _, err := zcomp.Lookup(algo); err != nil {
+		return cfg, control.Errorf(control.ErrInvalid, "unknown algorithm %q: want one of %s", algo, strings.Join(zcomp.Names(), ", "))
+	}
+	params, err := zcomp.ParseParams(req.AlgorithmParams)
+	if err != nil {
+		return cfg, control.Errorf(control.ErrInvalid, "bad algorithm params %q: %v", req.AlgorithmParams, err)
+	}
+	if err := zcomp.ValidateLevel(algo, params.Level); err != nil {
+		return cfg, control.Errorf(control.ErrInvalid, "bad algorithm params %q: %v", req.AlgorithmParams, err)
+	}
+	mode := streams.DefaultMode
+	if req.StreamMode != "" {
+		if mode, err = streams.ParseMode(req.StreamMode); err != nil {
+			return cfg, control.Errorf(control.ErrInvalid, "%v", err)
+		}
+	}
+	if req.Streams < 0 {
+		return cfg, control.Errorf(control.ErrInvalid, "bad stream count %d: want 0 (one per CPU) or more", req.Streams)
+	}
+	var limit int64
+	if req.MemLimit != "" {
+		if limit, err = sizes.Parse(req.MemLimit); err != nil {
+			return cfg, control.Errorf(control.ErrInvalid, "bad mem limit: %v", err)
+		}
+	}
+	return blockdev.Config{
+		Name: req.Name, Size: sizes.RoundPage(size), Algorithm: algo, Params: params,
+		ParamsText: strings.TrimSpace(req.AlgorithmParams), StreamMode: mode, Streams: req.Streams, MemLimit: limit,
+	}, nil
+}
+
+// Remove implements control.Manager: zram's reset. It is refused while an
+// NBD connection is attached, since the kernel would see its disk vanish.
+func (d *Daemon) Remove(name string) error {
+	e, err := d.unlink(name)
+	if err != nil {
+		return err
+	}
+	e.ops.Lock() // wait for knob calls in flight
+	defer e.ops.Unlock()
+	d.log.Info("device reset", "device", name)
+	if err := e.dev.Close(); err != nil {
+		return fmt.Errorf("daemon: reset %s: %w", name, err)
+	}
+	return nil
+}
+
+// unlink takes a device off the server, its socket and the daemon's list.
+func (d *Daemon) unlink(name string) (*entry, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	e, err := d.lookupLocked(name)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := d.srv.RemoveExport(name); err != nil {
+		n := d.srv.Attached(e.dev)
+		where := fmt.Sprintf("%d NBD connection(s)", n)
+		if nbd := findNBD(e.nbd, name, d.socketsLocked()); nbd != "" {
+			where = nbd
+			if mp := mountPoint(nbd); mp != "" {
+				where += " (" + mp + ")"
+			}
+		}
+		return nil, control.Errorf(control.ErrBusy, "%s is in use by %s: detach it first (uzram swapoff %s, or uzram detach %s)", name, where, name, name)
+	}
+	e.removed = true
+	if e.l != nil {
+		e.l.Close()
+		os.Remove(e.socket)
+	}
+	delete(d.devs, name)
+	for i, n := range d.order {
+		if n == name {
+			d.order = append(d.order[:i], d.order[i+1:]...)
+			break
+		}
+	}
+	return e, nil
+}
+
+// SetAttachment implements control.Manager.
+func (d *Daemon) SetAttachment(name, nbd string) error {
+	if nbd != "" && !nbdPattern.MatchString(nbd) {
+		return control.Errorf(control.ErrInvalid, "bad NBD device %q: want /dev/nbdN", nbd)
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	e, err := d.lookupLocked(name)
+	if err != nil {
+		return err
+	}
+	e.nbd = nbd
+	return nil
 }
 
 // ListenUnix listens on a unix socket with mode 0600. A stale socket file
@@ -157,6 +580,6 @@ func ListenUnix(path string) (net.Listener, error) {
 	if err != nil {
 		return nil, fmt.Errorf("daemon: listen on %s: %w", path, err)
 	}
-	l.(*net.UnixListener).SetUnlinkOnClose(false) // Run removes it after draining
+	l.(*net.UnixListener).SetUnlinkOnClose(false) // the daemon removes it after draining
 	return l, nil
 }

@@ -1,0 +1,140 @@
+// Package control is uzram's control plane: an HTTP+JSON API on a unix
+// socket that the daemon serves and the CLI calls. The daemon implements
+// Manager; Handler turns HTTP requests into Manager calls and Manager errors
+// into status codes; Client is the other end. The package also holds what the
+// CLI needs around the API and nowhere else: zramctl's list formats
+// (table.go), the config file of `uzram setup` (config.go, expr.go) and the
+// nbd-client plumbing of `uzram attach` (attach.go).
+package control
+
+import (
+	"errors"
+	"fmt"
+)
+
+// DefaultSocket is where `uzram serve` listens for control requests unless
+// told otherwise; it sits with the devices' sockets.
+const DefaultSocket = "/run/uzram/control.sock"
+
+// Errors a Manager returns, wrapped with a message for the admin. Handler
+// maps them to HTTP status codes and Client maps the codes back, so the CLI
+// can tell "no such device" from "busy" without parsing text.
+var (
+	ErrNotFound    = errors.New("no such device")
+	ErrBusy        = errors.New("device busy")
+	ErrInvalid     = errors.New("invalid request")
+	ErrExists      = errors.New("device exists")
+	ErrUnsupported = errors.New("not supported by this daemon yet")
+)
+
+// CreateRequest asks for a new device. Sizes are strings in sizes.Parse's
+// syntax so the daemon reports a bad size in the admin's own spelling.
+type CreateRequest struct {
+	Name            string `json:"name,omitempty"` // "" picks the first free uzramN
+	Size            string `json:"size"`
+	Algorithm       string `json:"algorithm,omitempty"`
+	AlgorithmParams string `json:"algorithm_params,omitempty"`
+	StreamMode      string `json:"stream_mode,omitempty"`
+	Streams         int    `json:"streams,omitempty"`
+	MemLimit        string `json:"mem_limit,omitempty"`
+}
+
+// MMStat is zram's mm_stat, column for column.
+type MMStat struct {
+	OrigDataSize   int64 `json:"orig_data_size"`
+	ComprDataSize  int64 `json:"compr_data_size"`
+	MemUsedTotal   int64 `json:"mem_used_total"`
+	MemLimit       int64 `json:"mem_limit"`
+	MemUsedMax     int64 `json:"mem_used_max"`
+	SamePages      int64 `json:"same_pages"`
+	PagesCompacted int64 `json:"pages_compacted"`
+	HugePages      int64 `json:"huge_pages"`
+	HugePagesSince int64 `json:"huge_pages_since"`
+}
+
+// IOStat is zram's io_stat.
+type IOStat struct {
+	FailedReads  int64 `json:"failed_reads"`
+	FailedWrites int64 `json:"failed_writes"`
+	InvalidIO    int64 `json:"invalid_io"`
+	NotifyFree   int64 `json:"notify_free"`
+}
+
+// Device is what the API tells about a device: zramctl's columns and the
+// stats files, plus where to reach it.
+type Device struct {
+	Name            string `json:"name"`
+	Algorithm       string `json:"algorithm"`
+	AlgorithmParams string `json:"algorithm_params,omitempty"`
+	DiskSize        int64  `json:"disksize"`
+	Streams         int    `json:"streams"`
+	Socket          string `json:"socket,omitempty"`
+	// Connections is how many NBD connections are in transmission on it.
+	Connections int `json:"connections"`
+	// NBD is the /dev/nbdN it is attached to, when known.
+	NBD string `json:"nbd,omitempty"`
+	// MountPoint is "[SWAP]" or where NBD is mounted, as zramctl shows it.
+	MountPoint string `json:"mountpoint,omitempty"`
+	// Compressors are the algorithms in use: priority 0 is the primary,
+	// 1..3 recompress; old ones stay while pages they wrote remain.
+	Compressors []Compressor `json:"compressors,omitempty"`
+	MM          MMStat       `json:"mm_stat"`
+	IO          IOStat       `json:"io_stat"`
+	// The stats files as zram prints them.
+	MMStatText    string `json:"mm_stat_text"`
+	IOStatText    string `json:"io_stat_text"`
+	DebugStatText string `json:"debug_stat_text"`
+}
+
+// Compressor is one algorithm a device holds.
+type Compressor struct {
+	Priority  int    `json:"priority"`
+	Algorithm string `json:"algorithm"`
+	Params    string `json:"params,omitempty"`
+	Current   bool   `json:"current"` // new pages of its priority use it
+}
+
+// Knobs are the zram sysfs files a device takes writes to, by their zram
+// names; the value is what would be written to the file.
+var Knobs = []string{
+	"mem_limit", "mem_used_max", "compact", "idle", "recomp_algorithm", "recompress", "algorithm_params",
+	// Beyond zram, which fixes these at setup: switch the primary algorithm
+	// ("zstd level=3"), change the stream count.
+	"comp_algorithm", "max_comp_streams",
+}
+
+// StatFiles are the stats files the API serves as text, by zram name.
+var StatFiles = []string{"mm_stat", "io_stat", "debug_stat"}
+
+// KnobRequest is the body of a knob write.
+type KnobRequest struct {
+	Value string `json:"value"`
+}
+
+// AttachRequest records (NBD set) or forgets (NBD empty) which /dev/nbdN a
+// device was attached to by `uzram attach`, so MOUNTPOINT can find it even
+// when nbd-client has exited (netlink mode leaves no process behind).
+type AttachRequest struct {
+	NBD string `json:"nbd"`
+}
+
+// errorBody is every non-2xx response.
+type errorBody struct {
+	Error string `json:"error"`
+}
+
+// Error is an API failure as the client sees it: the daemon's one-line
+// message, and the sentinel it matches for errors.Is.
+type Error struct {
+	Msg  string
+	kind error
+}
+
+func (e *Error) Error() string { return e.Msg }
+func (e *Error) Unwrap() error { return e.kind }
+
+// Errorf builds an error that matches kind (one of the Err* values) and
+// reads as the formatted message alone, so the admin sees one clean line.
+func Errorf(kind error, format string, args ...any) error {
+	return &Error{Msg: fmt.Sprintf(format, args...), kind: kind}
+}

@@ -1,0 +1,262 @@
+package control
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// What `uzram attach`, `detach`, `swapon` and `swapoff` do around the API:
+// run nbd-client, mkswap, swapon and swapoff as an admin would, and tell the
+// daemon which /dev/nbdN a device went to.
+
+// SysBlock is where the kernel lists block devices; a variable for tests.
+var SysBlock = "/sys/block"
+
+var nbdDevPattern = regexp.MustCompile(`^/dev/nbd([0-9]+)$`)
+
+// IsNBD reports whether s names an NBD device node, /dev/nbdN.
+func IsNBD(s string) bool { return nbdDevPattern.MatchString(s) }
+
+// runTool runs an admin tool and folds its output into the error, so the
+// admin sees why it failed on the same line.
+func runTool(name string, args ...string) error {
+	out, err := exec.Command(name, args...).CombinedOutput()
+	if err != nil {
+		msg := strings.TrimSpace(string(out))
+		if i := strings.LastIndexByte(msg, '\n'); i >= 0 {
+			msg = strings.TrimSpace(msg[i+1:]) // the last line says what went wrong
+		}
+		if msg != "" {
+			return fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, msg)
+		}
+		return fmt.Errorf("%s %s: %w", name, strings.Join(args, " "), err)
+	}
+	return nil
+}
+
+// nbdDevices lists /dev/nbdN in N order, loading the nbd module if there
+// are none yet.
+func nbdDevices() ([]string, error) {
+	list := func() []string {
+		paths, _ := filepath.Glob(filepath.Join(SysBlock, "nbd*"))
+		var out []string
+		for _, p := range paths {
+			if IsNBD("/dev/" + filepath.Base(p)) {
+				out = append(out, "/dev/"+filepath.Base(p))
+			}
+		}
+		sort.Slice(out, func(i, j int) bool { return nbdIndex(out[i]) < nbdIndex(out[j]) })
+		return out
+	}
+	if devs := list(); len(devs) > 0 {
+		return devs, nil
+	}
+	if err := runTool("modprobe", "nbd"); err != nil {
+		return nil, fmt.Errorf("no /dev/nbd devices and loading the nbd module failed: %w", err)
+	}
+	if devs := list(); len(devs) > 0 {
+		return devs, nil
+	}
+	return nil, errors.New("no /dev/nbd devices even after modprobe nbd")
+}
+
+func nbdIndex(dev string) int {
+	n, _ := strconv.Atoi(nbdDevPattern.FindStringSubmatch(dev)[1])
+	return n
+}
+
+// nbdFree reports whether /dev/nbdN is unused: no connection (the kernel
+// shows a pid file only while connected) and no size.
+func nbdFree(dev string) bool {
+	dir := filepath.Join(SysBlock, filepath.Base(dev))
+	if _, err := os.Stat(filepath.Join(dir, "pid")); err == nil {
+		return false
+	}
+	b, err := os.ReadFile(filepath.Join(dir, "size"))
+	return err == nil && strings.TrimSpace(string(b)) == "0"
+}
+
+// FreeNBD picks the first unused /dev/nbdN.
+func FreeNBD() (string, error) {
+	devs, err := nbdDevices()
+	if err != nil {
+		return "", err
+	}
+	for _, d := range devs {
+		if nbdFree(d) {
+			return d, nil
+		}
+	}
+	return "", fmt.Errorf("all %d /dev/nbd devices are in use: detach one, or load nbd with more (modprobe nbd nbds_max=N)", len(devs))
+}
+
+// Attach connects device name to an NBD device (nbd "" picks a free one)
+// with the flags a swap device needs, and returns the /dev/nbdN.
+func Attach(c *Client, name, nbd string, swap bool) (string, error) {
+	d, err := c.Get(name)
+	if err != nil {
+		return "", err
+	}
+	if d.NBD != "" {
+		return "", fmt.Errorf("%s is already attached to %s", name, d.NBD)
+	}
+	if d.Socket == "" {
+		return "", fmt.Errorf("%s has no unix socket to attach through", name)
+	}
+	if nbd == "" {
+		if nbd, err = FreeNBD(); err != nil {
+			return "", err
+		}
+	} else if !IsNBD(nbd) {
+		return "", fmt.Errorf("bad NBD device %q: want /dev/nbdN, like /dev/nbd0", nbd)
+	} else if _, err := nbdDevices(); err != nil {
+		return "", err
+	} else if !nbdFree(nbd) {
+		return "", fmt.Errorf("%s is in use (or does not exist): pick a free one, or leave it out", nbd)
+	}
+	// -b 4096: whole pages, no read-modify-write; two connections spread
+	// the work over the server's workers.
+	args := []string{"-unix", d.Socket, "-N", name, "-b", "4096", "-connections", "2"}
+	if swap {
+		args = append(args, "-swap") // nbd-client mlocks itself: it must not be swapped out to itself
+	}
+	if err := runTool("nbd-client", append(args, nbd)...); err != nil {
+		return "", err
+	}
+	if err := c.SetAttachment(name, nbd); err != nil {
+		runTool("nbd-client", "-d", nbd)
+		return "", err
+	}
+	return nbd, nil
+}
+
+// Detach disconnects a device, named or by its /dev/nbdN, and returns the
+// device name and the /dev/nbdN.
+func Detach(c *Client, target string) (string, string, error) {
+	name, nbd := target, ""
+	if IsNBD(target) {
+		nbd, name = target, ""
+		devs, err := c.List()
+		if err != nil {
+			return "", "", err
+		}
+		for _, d := range devs {
+			if d.NBD == target {
+				name = d.Name
+			}
+		}
+	} else {
+		d, err := c.Get(target)
+		if err != nil {
+			return "", "", err
+		}
+		if d.NBD == "" {
+			return "", "", fmt.Errorf("%s is not attached to an NBD device", target)
+		}
+		nbd = d.NBD
+	}
+	if err := runTool("nbd-client", "-d", nbd); err != nil {
+		return name, nbd, err
+	}
+	if name != "" {
+		if err := c.SetAttachment(name, ""); err != nil {
+			return name, nbd, err
+		}
+	}
+	return name, nbd, nil
+}
+
+// SwapOptions describe a swap device for SwapOn.
+type SwapOptions struct {
+	Create   CreateRequest
+	Priority int      // swapon -p; negative: the kernel's default
+	Recomp   []string // recompression algorithms, priority 1, 2, ... ("zstd" or "zstd level=3")
+}
+
+// SwapOn creates a device, sets its recompression algorithms, attaches it,
+// makes it swap and turns it on with discard, so swap's frees reach the
+// device. If a step fails, the steps before it are undone: nothing changed.
+func SwapOn(c *Client, o SwapOptions) (name, nbd string, err error) {
+	d, err := c.Create(o.Create)
+	if err != nil {
+		return "", "", err
+	}
+	name = d.Name
+	var undo []func()
+	undo = append(undo, func() { RemoveWhenFree(c, name) })
+	defer func() {
+		if err != nil {
+			for i := len(undo) - 1; i >= 0; i-- {
+				undo[i]()
+			}
+		}
+	}()
+	for i, r := range o.Recomp {
+		algo, params, _ := strings.Cut(strings.TrimSpace(r), " ")
+		if err = c.SetKnob(name, "recomp_algorithm", fmt.Sprintf("algo=%s priority=%d", algo, i+1)); err != nil {
+			return "", "", err
+		}
+		if params = strings.TrimSpace(params); params != "" {
+			if err = c.SetKnob(name, "algorithm_params", fmt.Sprintf("priority=%d %s", i+1, params)); err != nil {
+				return "", "", err
+			}
+		}
+	}
+	if nbd, err = Attach(c, name, "", true); err != nil {
+		return "", "", err
+	}
+	undo = append(undo, func() { Detach(c, nbd) })
+	if err = runTool("mkswap", nbd); err != nil {
+		return "", "", err
+	}
+	args := []string{"--discard=pages"}
+	if o.Priority >= 0 {
+		args = append(args, "-p", strconv.Itoa(o.Priority))
+	}
+	if err = runTool("swapon", append(args, nbd)...); err != nil {
+		return "", "", err
+	}
+	return name, nbd, nil
+}
+
+// SwapOff undoes SwapOn: swapoff, detach, reset.
+func SwapOff(c *Client, name string) (string, error) {
+	d, err := c.Get(name)
+	if err != nil {
+		return "", err
+	}
+	if d.NBD == "" {
+		return "", fmt.Errorf("%s is not attached to an NBD device, so it is not swap", name)
+	}
+	if d.MountPoint == "[SWAP]" {
+		if err := runTool("swapoff", d.NBD); err != nil {
+			return "", err
+		}
+	}
+	if _, _, err := Detach(c, name); err != nil {
+		return "", err
+	}
+	return d.NBD, RemoveWhenFree(c, name)
+}
+
+// RemoveWhenFree resets a device that was just detached: the kernel closes
+// its connections right after nbd-client -d returns, not before, so a busy
+// device is given a few seconds to let go.
+func RemoveWhenFree(c *Client, name string) error {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		err := c.Remove(name)
+		if !errors.Is(err, ErrBusy) || time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}

@@ -1,0 +1,173 @@
+package control
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"slices"
+)
+
+// Manager is what the daemon does for the API. Errors should wrap (or be
+// made by Errorf from) one of the Err* values so they map to a status code.
+type Manager interface {
+	List() []Device
+	Get(name string) (Device, error)
+	Create(req CreateRequest) (Device, error)
+	// Remove frees a device (zram's reset); refused with ErrBusy while attached.
+	Remove(name string) error
+	// SetKnob writes value to one of Knobs.
+	SetKnob(name, knob, value string) error
+	// SetAttachment records or (nbd "") forgets the device's /dev/nbdN.
+	SetAttachment(name, nbd string) error
+}
+
+// API routes, versioned so a newer CLI can tell an older daemon.
+//
+//	GET    /v1/devices                     list, with all stats
+//	POST   /v1/devices                     create (CreateRequest)
+//	GET    /v1/devices/{name}              one device
+//	DELETE /v1/devices/{name}              reset: free it (409 while attached)
+//	GET    /v1/devices/{name}/{file}       mm_stat, io_stat, debug_stat as text
+//	PUT    /v1/devices/{name}/{knob}       write a knob (KnobRequest)
+//	PUT    /v1/devices/{name}/attachment   record /dev/nbdN (AttachRequest)
+const apiPrefix = "/v1/devices"
+
+// maxBody bounds request bodies: every request is a line of text or two.
+const maxBody = 64 << 10
+
+// Handler serves the API for m.
+func Handler(m Manager) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET "+apiPrefix, func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, m.List())
+	})
+	mux.HandleFunc("POST "+apiPrefix, func(w http.ResponseWriter, r *http.Request) {
+		var req CreateRequest
+		if !readJSON(w, r, &req) {
+			return
+		}
+		d, err := m.Create(req)
+		if err != nil {
+			writeError(w, err)
+			return
+		}
+		writeJSON(w, http.StatusCreated, d)
+	})
+	mux.HandleFunc("GET "+apiPrefix+"/{name}", func(w http.ResponseWriter, r *http.Request) {
+		d, err := m.Get(r.PathValue("name"))
+		if err != nil {
+			writeError(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, d)
+	})
+	mux.HandleFunc("DELETE "+apiPrefix+"/{name}", func(w http.ResponseWriter, r *http.Request) {
+		if err := m.Remove(r.PathValue("name")); err != nil {
+			writeError(w, err)
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+	})
+	mux.HandleFunc("GET "+apiPrefix+"/{name}/{file}", func(w http.ResponseWriter, r *http.Request) {
+		file := r.PathValue("file")
+		if !slices.Contains(StatFiles, file) {
+			writeError(w, Errorf(ErrInvalid, "no stats file %q (known: mm_stat, io_stat, debug_stat)", file))
+			return
+		}
+		d, err := m.Get(r.PathValue("name"))
+		if err != nil {
+			writeError(w, err)
+			return
+		}
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		switch file {
+		case "mm_stat":
+			io.WriteString(w, d.MMStatText)
+		case "io_stat":
+			io.WriteString(w, d.IOStatText)
+		case "debug_stat":
+			io.WriteString(w, d.DebugStatText)
+		}
+	})
+	mux.HandleFunc("PUT "+apiPrefix+"/{name}/{knob}", func(w http.ResponseWriter, r *http.Request) {
+		knob := r.PathValue("knob")
+		if !slices.Contains(Knobs, knob) {
+			writeError(w, Errorf(ErrInvalid, "no knob %q (known: %v)", knob, Knobs))
+			return
+		}
+		var req KnobRequest
+		if !readJSON(w, r, &req) {
+			return
+		}
+		if err := m.SetKnob(r.PathValue("name"), knob, req.Value); err != nil {
+			writeError(w, err)
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+	})
+	mux.HandleFunc("PUT "+apiPrefix+"/{name}/attachment", func(w http.ResponseWriter, r *http.Request) {
+		var req AttachRequest
+		if !readJSON(w, r, &req) {
+			return
+		}
+		if err := m.SetAttachment(r.PathValue("name"), req.NBD); err != nil {
+			writeError(w, err)
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+	})
+	return mux
+}
+
+func readJSON(w http.ResponseWriter, r *http.Request, v any) bool {
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBody))
+	dec.DisallowUnknownFields() // a typo in a field must not silently mean "default"
+	if err := dec.Decode(v); err != nil {
+		writeError(w, Errorf(ErrInvalid, "bad request body: %v", err))
+		return false
+	}
+	return true
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	json.NewEncoder(w).Encode(v)
+}
+
+// statusOf maps the Err* kinds to HTTP status codes; anything else is the
+// daemon's own failure.
+func statusOf(err error) int {
+	switch {
+	case errors.Is(err, ErrNotFound):
+		return http.StatusNotFound
+	case errors.Is(err, ErrBusy), errors.Is(err, ErrExists):
+		return http.StatusConflict
+	case errors.Is(err, ErrInvalid):
+		return http.StatusBadRequest
+	case errors.Is(err, ErrUnsupported):
+		return http.StatusNotImplemented
+	}
+	return http.StatusInternalServerError
+}
+
+func writeError(w http.ResponseWriter, err error) {
+	writeJSON(w, statusOf(err), errorBody{Error: err.Error()})
+}
+
+// kindOf is statusOf backwards, for the client.
+func kindOf(code int) error {
+	switch code {
+	case http.StatusNotFound:
+		return ErrNotFound
+	case http.StatusConflict:
+		return ErrBusy
+	case http.StatusBadRequest:
+		return ErrInvalid
+	case http.StatusNotImplemented:
+		return ErrUnsupported
+	}
+	return fmt.Errorf("daemon error (HTTP %d)", code)
+}
