@@ -40,6 +40,9 @@ type Config struct {
 	StreamMode streams.Mode
 	Streams    int   // 0: one per CPU
 	MemLimit   int64 // bytes of store memory; 0: none
+	// NoAutoCompact turns off background compaction (on by default, beyond
+	// zram: it runs when reclaimable store memory passes a threshold).
+	NoAutoCompact bool
 }
 
 // Device is a compressed RAM block device.
@@ -96,7 +99,7 @@ func New(cfg Config) (*Device, error) {
 		return nil, err
 	}
 	d.slots = d.table.slots
-	if d.store, err = pagestore.New(pagestore.Options{Limit: cfg.MemLimit}); err != nil {
+	if d.store, err = pagestore.New(pagestore.Options{Limit: cfg.MemLimit, AutoCompact: !cfg.NoAutoCompact}); err != nil {
 		d.table.close()
 		return nil, fmt.Errorf("blockdev: %w", err)
 	}
