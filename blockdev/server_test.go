@@ -17,7 +17,9 @@ import (
 
 // startTestServer serves d on a unix socket in this process, so -race sees
 // the server's goroutines.
-func startTestServer(t *testing.T, d *Device) string {
+func startTestServer(t *testing.T, d *Device) string { return startTestServerTB(t, d) }
+
+func startTestServerTB(t testing.TB, d *Device) string {
 	t.Helper()
 	sock := filepath.Join(t.TempDir(), "s.sock")
 	l, err := net.Listen("unix", sock)
