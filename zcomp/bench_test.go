@@ -133,10 +133,13 @@ func BenchmarkDecompress(b *testing.B) {
 func BenchmarkDict(b *testing.B) {
 	pages := laterPages(b)
 	dict := readDict(b)
-	for _, name := range []string{"zstd", "deflate"} {
+	for _, bc := range []struct {
+		name  string
+		level int
+	}{{"zstd", 1}, {"zstd", 0}, {"zstd", 6}, {"deflate", 1}, {"deflate", 0}} {
 		for _, d := range [][]byte{nil, dict} {
-			b.Run(fmt.Sprintf("%s/dict=%v", name, d != nil), func(b *testing.B) {
-				c := newCtx(b, name, Params{Dict: d})
+			b.Run(fmt.Sprintf("%s/dict=%v", benchName(bc.name, bc.level), d != nil), func(b *testing.B) {
+				c := newCtx(b, bc.name, Params{Level: bc.level, Dict: d})
 				_, ratio := compressCorpus(b, c, pages)
 				dst := make([]byte, hugeThreshold)
 				b.SetBytes(PageSize)

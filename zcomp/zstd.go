@@ -17,7 +17,10 @@ import (
 //
 // A dictionary is used as zstd itself (and zram, with ZSTD_dct_auto) would: a
 // file starting with the zstd dictionary magic is a trained dictionary
-// ("zstd --train"), anything else is raw content used as history.
+// ("zstd --train"), anything else is raw content used as history. klauspost
+// re-primes its match tables from the dictionary on every EncodeAll, so a
+// dictionary costs compression speed at every level (BenchmarkDict), and at
+// levels 10-22 so much that NewContext refuses the combination.
 type zstdBackend struct{}
 
 func init() { Register(zstdBackend{}) }
@@ -72,6 +75,11 @@ func (b zstdBackend) NewContext(p Params) (Context, error) {
 	if level == 0 {
 		level = zstdDefaultLevel
 	}
+	if len(p.Dict) > 0 && zstdEncoderLevel(level) == zstd.SpeedBestCompression {
+		// Its Reset copies 34 MiB of dictionary-primed match tables per
+		// EncodeAll: about 10 ms a page. Refuse rather than crawl.
+		return nil, fmt.Errorf("zcomp: zstd: level %d with a dictionary would copy 34 MiB of match tables per page; use level 1..9 with a dictionary", level)
+	}
 	eopts := []zstd.EOption{
 		// EncodeAll is synchronous; one encoder is all a context needs.
 		zstd.WithEncoderConcurrency(1),
@@ -107,7 +115,7 @@ func (b zstdBackend) NewContext(p Params) (Context, error) {
 	}
 	dec, err := zstd.NewReader(nil, dopts...)
 	if err != nil {
-		enc.Close()
+		_ = enc.Close()
 		return nil, fmt.Errorf("zcomp: zstd: decoder: %w", err)
 	}
 	c := &zstdContext{enc: enc, dec: dec}
