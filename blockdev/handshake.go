@@ -53,7 +53,21 @@ func (c *conn) handshake() (*Device, uint16, error) {
 		if _, err := io.ReadFull(c.br, data); err != nil {
 			return nil, 0, fmt.Errorf("blockdev: nbd: read option %d data: %w", opt, err)
 		}
+		if c.tlsRequired() && opt != optStartTLS && opt != optAbort {
+			if opt == optExportName {
+				// No error reply exists for EXPORT_NAME: the protocol says close.
+				return nil, 0, errors.New("blockdev: nbd: EXPORT_NAME before STARTTLS on a TLS-only server")
+			}
+			if err := c.optReply(opt, repErrTLSReqd, []byte("TLS required: send NBD_OPT_STARTTLS first")); err != nil {
+				return nil, 0, err
+			}
+			continue
+		}
 		switch opt {
+		case optStartTLS:
+			if err := c.startTLS(opt, n); err != nil {
+				return nil, 0, err
+			}
 		case optExportName:
 			d := c.srv.lookup(string(data))
 			if d == nil {

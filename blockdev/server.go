@@ -3,6 +3,7 @@ package blockdev
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -25,6 +26,24 @@ type ServerOptions struct {
 	// ReadOnly exports refuse writes with EPERM.
 	ReadOnly bool
 	Logger   *slog.Logger
+
+	// ConnBudget and TotalBudget bound the bytes of request buffers in
+	// flight on one connection and on all of them (limits.go). Defaults
+	// DefaultConnBudget and DefaultTotalBudget; never below MaxRequestSize.
+	ConnBudget, TotalBudget int64
+	// StallTimeout drops a connection whose request stays half received,
+	// or whose reply stays unsent, this long. Default DefaultStallTimeout;
+	// negative: never.
+	StallTimeout time.Duration
+	// HandshakeTimeout bounds the negotiation. Default
+	// DefaultHandshakeTimeout; negative: never.
+	HandshakeTimeout time.Duration
+
+	// TLS, if set, is offered to clients with NBD_OPT_STARTTLS (tls.go).
+	TLS *tls.Config
+	// TLSRequired refuses every option but STARTTLS and ABORT until TLS is
+	// up, on TCP connections (unix sockets are guarded by their file mode).
+	TLSRequired bool
 }
 
 // Server serves devices over NBD. Any number of connections may share a
@@ -44,6 +63,8 @@ type Server struct {
 	nextID    atomic.Uint64
 
 	cmds [cmdWriteZeroes + 1]cmdCounters
+
+	total *budget // every connection's in-flight request bytes
 }
 
 type cmdCounters struct{ ok, failed atomic.Int64 }
@@ -59,7 +80,19 @@ func NewServer(opts ServerOptions) *Server {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
+	opts.ConnBudget = clampBudget(opts.ConnBudget, DefaultConnBudget)
+	opts.TotalBudget = clampBudget(opts.TotalBudget, DefaultTotalBudget)
+	if opts.StallTimeout == 0 {
+		opts.StallTimeout = DefaultStallTimeout
+	}
+	if opts.HandshakeTimeout == 0 {
+		opts.HandshakeTimeout = DefaultHandshakeTimeout
+	}
+	if opts.TLSRequired && opts.TLS == nil {
+		opts.Logger.Warn("TLS required but no certificate given: TCP clients cannot connect")
+	}
 	return &Server{
+		total:     newBudget(opts.TotalBudget),
 		opts:      opts,
 		log:       opts.Logger,
 		exports:   map[string]*Device{},
@@ -191,7 +224,10 @@ func (s *Server) Serve(l net.Listener) error {
 
 // ServeConn serves one connection in its own goroutine.
 func (s *Server) ServeConn(nc net.Conn) {
-	c := &conn{srv: s, nc: nc, br: bufio.NewReaderSize(nc, 256<<10), id: s.nextID.Add(1)}
+	// The handshake reads through a small buffer; transmission stacks its
+	// large one on top (serveTransmission), so a connection that never gets
+	// past the handshake costs little.
+	c := &conn{srv: s, nc: nc, raw: nc, br: bufio.NewReaderSize(nc, handshakeBuffer), id: s.nextID.Add(1), quit: make(chan struct{})}
 	s.mu.Lock()
 	if s.closing {
 		s.mu.Unlock()
@@ -214,7 +250,11 @@ func (s *Server) ServeConn(nc net.Conn) {
 }
 
 func (s *Server) serve(c *conn) {
+	if t := s.opts.HandshakeTimeout; t > 0 {
+		c.setDeadline(time.Now().Add(t))
+	}
 	d, tflags, err := c.handshake()
+	c.setDeadline(time.Time{})
 	if err != nil {
 		if !errors.Is(err, errAbort) {
 			s.log.Debug("handshake ended", "conn", c.id, "err", err)
@@ -245,8 +285,8 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		l.Close()
 	}
 	for c := range s.conns {
-		// Wake readers blocked on the socket; workers still reply.
-		c.nc.SetReadDeadline(time.Now())
+		// Wake readers blocked on the socket or on budget; workers still reply.
+		c.stop()
 	}
 	s.mu.Unlock()
 	done := make(chan struct{})
@@ -257,7 +297,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	case <-ctx.Done():
 		s.mu.Lock()
 		for c := range s.conns {
-			c.nc.Close()
+			c.raw.Close()
 		}
 		s.mu.Unlock()
 		return fmt.Errorf("blockdev: shutdown: %w", ctx.Err())

@@ -9,6 +9,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // request is one in-flight NBD request. A connection owns a fixed set of
@@ -20,6 +21,8 @@ type request struct {
 	// data goes out with its header in one write, a WRITE's data is read
 	// straight into it.
 	buf []byte
+	// cost is the budget it holds until its reply is sent (limits.go).
+	cost int64
 }
 
 // keepBuffer bounds the buffer a recycled request keeps: 4 KiB and 128 KiB
@@ -33,12 +36,21 @@ func (r *request) grow(n int) []byte {
 	return r.buf[:replyHeaderSize+n]
 }
 
+// Buffer sizes: the handshake's is small so that idle or hostile
+// connections cost little; transmission stacks a large one on top.
+const (
+	handshakeBuffer = 4 << 10
+	transmitBuffer  = 256 << 10
+)
+
 // conn is one client connection.
 type conn struct {
 	srv *Server
-	nc  net.Conn
+	nc  net.Conn // the stream: the socket, or TLS over it after STARTTLS
+	raw net.Conn // the socket itself: deadlines and Close
 	br  *bufio.Reader
 	id  uint64
+	tls bool // STARTTLS done
 
 	dev    *Device
 	tflags uint16
@@ -47,12 +59,44 @@ type conn struct {
 	free   chan *request
 	work   chan *request
 	broken atomic.Bool
+
+	budget   *budget      // this connection's in-flight request bytes
+	retained atomic.Int64 // buffer bytes kept in the free list
+	// The watchdog drops the connection when a request stays half received
+	// or a reply half sent for StallTimeout: it watches these.
+	inRequest, writing atomic.Bool
+	reqSeq, replies    atomic.Uint64
+
+	stopping atomic.Bool
+	quit     chan struct{} // closed by stop
+	quitOnce sync.Once
+}
+
+// stop wakes the reader wherever it waits (socket or budget); workers still
+// send the replies of requests already read. Deadlines set after stop must
+// re-check stopping (see clearDeadline).
+func (c *conn) stop() {
+	c.stopping.Store(true)
+	c.quitOnce.Do(func() { close(c.quit) })
+	c.raw.SetReadDeadline(time.Now())
+}
+
+// setDeadline sets the socket's deadline (zero: none) without undoing a
+// concurrent stop: stop sets stopping before its deadline, so one of the two
+// always sees the other.
+func (c *conn) setDeadline(t time.Time) {
+	c.raw.SetDeadline(t)
+	if c.stopping.Load() {
+		c.raw.SetReadDeadline(time.Now())
+	}
 }
 
 // serveTransmission runs the transmission phase: this goroutine reads
 // requests and never touches the store; workers run them and reply.
 func (c *conn) serveTransmission() error {
 	inflight := c.srv.opts.MaxInflight
+	c.budget = newBudget(c.srv.opts.ConnBudget)
+	c.br = bufio.NewReaderSize(c.br, transmitBuffer) // keeps what the handshake buffered
 	c.free = make(chan *request, inflight)
 	c.work = make(chan *request, inflight)
 	for i := 0; i < inflight; i++ {
@@ -65,26 +109,89 @@ func (c *conn) serveTransmission() error {
 			defer workers.Done()
 			for r := range c.work {
 				c.handle(r)
-				if cap(r.buf) > keepBuffer {
+				c.budget.release(r.cost)
+				c.srv.total.release(r.cost)
+				r.cost = 0
+				if n := int64(cap(r.buf)); n > keepBuffer || c.retained.Load()+n > retainLimit {
 					r.buf = nil
+				} else {
+					c.retained.Add(n)
 				}
 				c.free <- r
 			}
 		}()
 	}
+	done := make(chan struct{})
+	if stall := c.srv.opts.StallTimeout; stall > 0 {
+		go c.watchdog(stall, done)
+	}
 	err := c.readRequests()
 	close(c.work)
 	workers.Wait() // finish what was read before closing
+	close(done)
 	return err
+}
+
+// watchdog drops the connection when one request has been half received, or
+// one reply half sent, for about stall: a client that stalls mid-request
+// must not hold its buffers and budget forever. It costs the I/O path only a
+// few atomic operations (no per-request deadlines or clock reads).
+func (c *conn) watchdog(stall time.Duration, done <-chan struct{}) {
+	const checks = 4
+	t := time.NewTicker(stall / checks)
+	defer t.Stop()
+	var lastReq, lastReply uint64
+	var reqTicks, replyTicks int
+	for {
+		select {
+		case <-done:
+			return
+		case <-t.C:
+		}
+		seq, rep := c.reqSeq.Load(), c.replies.Load()
+		reqTicks = stalledTicks(c.inRequest.Load() && seq == lastReq, reqTicks)
+		replyTicks = stalledTicks(c.writing.Load() && rep == lastReply, replyTicks)
+		lastReq, lastReply = seq, rep
+		if reqTicks >= checks || replyTicks >= checks {
+			what := "a request stayed half received"
+			if replyTicks >= checks {
+				what = "a reply stayed unsent"
+			}
+			c.srv.log.Warn("dropping stalled connection", "conn", c.id, "why", what, "timeout", stall)
+			c.broken.Store(true)
+			c.stop()
+			c.raw.Close()
+			return
+		}
+	}
+}
+
+func stalledTicks(stalled bool, n int) int {
+	if stalled {
+		return n + 1
+	}
+	return 0
 }
 
 func (c *conn) readRequests() error {
 	for {
-		r := <-c.free // waits when the client has MaxInflight requests out
-		if _, err := io.ReadFull(c.br, r.hbuf[:]); err != nil {
+		var r *request
+		select {
+		case r = <-c.free: // waits when the client has MaxInflight requests out
+		case <-c.quit:
+			return errQuit
+		}
+		c.retained.Add(-int64(cap(r.buf)))
+		// Idle until a request starts: no timeout applies here.
+		if _, err := c.br.Peek(1); err != nil {
 			if errors.Is(err, io.EOF) {
 				return nil // client closed between requests
 			}
+			return fmt.Errorf("blockdev: nbd: read request: %w", err)
+		}
+		c.reqSeq.Add(1)
+		c.inRequest.Store(true)
+		if _, err := io.ReadFull(c.br, r.hbuf[:]); err != nil {
 			return fmt.Errorf("blockdev: nbd: read request: %w", err)
 		}
 		hdr, err := ParseRequest(r.hbuf[:])
@@ -95,14 +202,40 @@ func (c *conn) readRequests() error {
 		if hdr.Type == cmdDisc {
 			return nil
 		}
+		// Waiting for budget is the server's doing, not a client stall.
+		c.inRequest.Store(false)
+		if err := c.acquire(r); err != nil {
+			return err
+		}
 		if n := hdr.PayloadLen(); n > 0 {
+			c.reqSeq.Add(1)
+			c.inRequest.Store(true)
 			buf := r.grow(n)
 			if _, err := io.ReadFull(c.br, buf[replyHeaderSize:]); err != nil {
+				c.budget.release(r.cost)
+				c.srv.total.release(r.cost)
 				return fmt.Errorf("blockdev: nbd: read %d byte write payload: %w", n, err)
 			}
+			c.inRequest.Store(false)
 		}
 		c.work <- r
 	}
+}
+
+// acquire takes r's cost from the connection's budget, then the server's,
+// waiting (and so not reading the socket) until both have room.
+func (c *conn) acquire(r *request) error {
+	r.cost = r.hdr.cost()
+	if err := c.budget.acquire(r.cost, c.quit); err != nil {
+		r.cost = 0
+		return err
+	}
+	if err := c.srv.total.acquire(r.cost, c.quit); err != nil {
+		c.budget.release(r.cost)
+		r.cost = 0
+		return err
+	}
+	return nil
 }
 
 // handle runs one request and sends its reply.
@@ -165,9 +298,14 @@ func (c *conn) reply(r *request, code uint32, n int) {
 	if c.broken.Load() {
 		return
 	}
-	if _, err := c.nc.Write(buf); err != nil {
+	c.writing.Store(true)
+	_, err := c.nc.Write(buf)
+	c.writing.Store(false)
+	c.replies.Add(1)
+	if err != nil {
 		// The client cannot hear us any more; stop the reader too.
 		c.broken.Store(true)
-		c.nc.Close()
+		c.stop()
+		c.raw.Close()
 	}
 }
