@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/urfave/cli/v2"
 
@@ -142,6 +143,18 @@ func serveCommand() *cli.Command {
 				Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})),
 			})
 		},
+	}
+}
+
+// waitDaemon waits until the daemon answers, or gives up after d.
+func waitDaemon(cl *control.Client, d time.Duration) error {
+	deadline := time.Now().Add(d)
+	for {
+		_, err := cl.List()
+		if !errors.Is(err, control.ErrNoDaemon) || time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }
 
@@ -378,7 +391,7 @@ func swaponCommand() *cli.Command {
 		ArgsUsage:    "[NAME]",
 		OnUsageError: usageError,
 		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "size", Aliases: []string{"s"}, Usage: "device size, like 4G", Required: true},
+			&cli.StringFlag{Name: "size", Aliases: []string{"s"}, Usage: "device size, like 4G (required)"},
 			&cli.IntFlag{Name: "priority", Aliases: []string{"p"}, Value: -1, Usage: "swap priority (default: the kernel's)"},
 			&cli.StringFlag{Name: "algorithm", Aliases: []string{"a"}, Usage: "compression algorithm: " + strings.Join(zcomp.Names(), ", ")},
 			&cli.StringFlag{Name: "algorithm-params", Usage: `algorithm parameters: "level=3"`},
@@ -389,6 +402,9 @@ func swaponCommand() *cli.Command {
 		Action: func(c *cli.Context) error {
 			if c.NArg() > 1 {
 				return fmt.Errorf("swapon takes at most one NAME, got %d", c.NArg())
+			}
+			if c.String("size") == "" {
+				return fmt.Errorf("swapon needs --size, like uzram swapon --size 4G")
 			}
 			name, nbd, err := control.SwapOn(client(c), control.SwapOptions{
 				Create: control.CreateRequest{
@@ -428,6 +444,7 @@ func setupCommand() *cli.Command {
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "config", Value: "/etc/uzram.conf", Usage: "config file"},
 			&cli.BoolFlag{Name: "dry-run", Usage: "print what would be set up, change nothing"},
+			&cli.DurationFlag{Name: "wait", Value: 30 * time.Second, Usage: "how long to wait for the daemon to come up (at boot it starts alongside)"},
 		},
 		Action: func(c *cli.Context) error {
 			if c.NArg() > 0 {
@@ -450,6 +467,11 @@ func setupCommand() *cli.Command {
 				}
 			}
 			cl := client(c)
+			if !c.Bool("dry-run") {
+				if err := waitDaemon(cl, c.Duration("wait")); err != nil {
+					return err
+				}
+			}
 			for i, sc := range cfgs {
 				algo := sc.Algorithm
 				if algo == "" {

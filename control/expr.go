@@ -23,6 +23,9 @@ func EvalSize(expr string, ramMiB float64) (float64, error) {
 		p.space()
 		if p.i < len(p.s) {
 			err = p.errorf("unexpected %q", p.s[p.i:])
+			if c := p.s[p.i]; c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z' {
+				err = p.errorf("unexpected %q (sizes are in MiB without a unit: 4096, not 4G)", p.s[p.i:])
+			}
 		}
 	}
 	if err != nil {

@@ -1,0 +1,188 @@
+package control
+
+import (
+	"bytes"
+	"errors"
+	"net"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// fakeManager answers the API from a map, to test the wire without a daemon.
+type fakeManager struct {
+	devs  map[string]Device
+	knobs []string
+}
+
+func (f *fakeManager) List() []Device {
+	var out []Device
+	for _, d := range f.devs {
+		out = append(out, d)
+	}
+	return out
+}
+
+func (f *fakeManager) Get(name string) (Device, error) {
+	d, ok := f.devs[name]
+	if !ok {
+		return Device{}, Errorf(ErrNotFound, "no device %q", name)
+	}
+	return d, nil
+}
+
+func (f *fakeManager) Create(req CreateRequest) (Device, error) {
+	if req.Size == "bad" {
+		return Device{}, Errorf(ErrInvalid, "bad size %q", req.Size)
+	}
+	d := Device{Name: req.Name, Algorithm: req.Algorithm, MMStatText: "mm\n", IOStatText: "io\n", DebugStatText: "dbg\n"}
+	f.devs[req.Name] = d
+	return d, nil
+}
+
+func (f *fakeManager) Remove(name string) error {
+	if name == "busy" {
+		return Errorf(ErrBusy, "busy is in use")
+	}
+	if _, err := f.Get(name); err != nil {
+		return err
+	}
+	delete(f.devs, name)
+	return nil
+}
+
+func (f *fakeManager) SetKnob(name, knob, value string) error {
+	if knob == "recompress" {
+		return Errorf(ErrUnsupported, "recompress is not supported by this daemon yet")
+	}
+	f.knobs = append(f.knobs, name+" "+knob+" "+value)
+	return nil
+}
+
+func (f *fakeManager) SetAttachment(name, nbd string) error {
+	d, err := f.Get(name)
+	d.NBD = nbd
+	f.devs[name] = d
+	return err
+}
+
+func serveFake(t *testing.T) (*fakeManager, *Client) {
+	t.Helper()
+	sock := filepath.Join(t.TempDir(), "control.sock")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := &fakeManager{devs: map[string]Device{"busy": {Name: "busy"}}}
+	srv := &http.Server{Handler: Handler(m)}
+	go srv.Serve(l)
+	t.Cleanup(func() { srv.Close() })
+	return m, NewClient(sock)
+}
+
+func TestControlRoundTrip(t *testing.T) {
+	m, c := serveFake(t)
+	d, err := c.Create(CreateRequest{Name: "a", Size: "1G", Algorithm: "zstd"})
+	if err != nil || d.Name != "a" || d.Algorithm != "zstd" {
+		t.Fatalf("Create = %+v, %v", d, err)
+	}
+	if devs, err := c.List(); err != nil || len(devs) != 2 {
+		t.Fatalf("List = %+v, %v", devs, err)
+	}
+	for file, want := range map[string]string{"mm_stat": "mm\n", "io_stat": "io\n", "debug_stat": "dbg\n"} {
+		if got, err := c.StatFile("a", file); err != nil || got != want {
+			t.Errorf("StatFile(%s) = %q, %v; want %q", file, got, err, want)
+		}
+	}
+	if err := c.SetKnob("a", "mem_limit", "1G"); err != nil {
+		t.Fatal(err)
+	}
+	if len(m.knobs) != 1 || m.knobs[0] != "a mem_limit 1G" {
+		t.Fatalf("knobs seen: %q", m.knobs)
+	}
+	if err := c.SetAttachment("a", "/dev/nbd3"); err != nil || m.devs["a"].NBD != "/dev/nbd3" {
+		t.Fatalf("SetAttachment: %v, %+v", err, m.devs["a"])
+	}
+	if err := c.Remove("a"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Each kind of failure crosses the wire as its sentinel and its message.
+func TestControlErrors(t *testing.T) {
+	_, c := serveFake(t)
+	for _, tc := range []struct {
+		err  error
+		kind error
+		msg  string
+	}{
+		{func() error { _, err := c.Get("nope"); return err }(), ErrNotFound, `no device "nope"`},
+		{c.Remove("busy"), ErrBusy, "busy is in use"},
+		{func() error { _, err := c.Create(CreateRequest{Name: "x", Size: "bad"}); return err }(), ErrInvalid, `bad size "bad"`},
+		{c.SetKnob("busy", "recompress", "type=idle"), ErrUnsupported, "not supported by this daemon yet"},
+		{c.SetKnob("busy", "frobnicate", "1"), ErrInvalid, `no knob "frobnicate"`},
+		{func() error { _, err := c.StatFile("busy", "cpu_stat"); return err }(), ErrInvalid, `no stats file "cpu_stat"`},
+	} {
+		if !errors.Is(tc.err, tc.kind) || tc.err.Error() != tc.msg && !strings.Contains(tc.err.Error(), tc.msg) {
+			t.Errorf("got %v, want %v containing %q", tc.err, tc.kind, tc.msg)
+		}
+		if strings.Contains(tc.err.Error(), "\n") {
+			t.Errorf("error %q is not one line", tc.err)
+		}
+	}
+}
+
+func TestControlNoDaemon(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "control.sock")
+	_, err := NewClient(sock).List()
+	if !errors.Is(err, ErrNoDaemon) || !strings.Contains(err.Error(), "start one with `uzram serve`") {
+		t.Fatalf("List with no daemon = %v", err)
+	}
+}
+
+func TestParseColumns(t *testing.T) {
+	for _, tc := range []struct {
+		spec string
+		want string
+	}{
+		{"NAME", "NAME"},
+		{"name,disksize,Comp-Ratio", "NAME,DISKSIZE,COMP-RATIO"},
+		{"+ZERO-PAGES,migrated", "NAME,ALGORITHM,DISKSIZE,DATA,COMPR,TOTAL,STREAMS,MOUNTPOINT,ZERO-PAGES,MIGRATED"},
+	} {
+		got, err := ParseColumns(tc.spec)
+		if err != nil || strings.Join(got, ",") != tc.want {
+			t.Errorf("ParseColumns(%q) = %v, %v; want %s", tc.spec, got, err, tc.want)
+		}
+	}
+	for _, bad := range []string{"NAME,SIZE", "", "+", "NAME,,DATA"} {
+		if _, err := ParseColumns(bad); err == nil || !strings.Contains(err.Error(), "unknown column") {
+			t.Errorf("ParseColumns(%q) = %v, want unknown column", bad, err)
+		}
+	}
+}
+
+// Widths, alignment, raw escaping and COMP-RATIO, on fixed figures.
+func TestWriteList(t *testing.T) {
+	devs := []Device{
+		{Name: "uzram0", Algorithm: "lz4", DiskSize: 1 << 30, Streams: 2, MountPoint: "[SWAP]",
+			MM: MMStat{OrigDataSize: 3 << 20, ComprDataSize: 1 << 20, MemUsedTotal: 1536 << 10}},
+		{Name: "uzram10", Algorithm: "zstd", DiskSize: 4 << 30, Streams: 16, MountPoint: "/mnt/a b"},
+	}
+	var b bytes.Buffer
+	if err := WriteList(&b, devs, ListOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	want := "" +
+		"NAME    ALGORITHM DISKSIZE DATA COMPR TOTAL STREAMS MOUNTPOINT\n" +
+		"uzram0  lz4             1G   3M    1M  1.5M       2 [SWAP]\n" +
+		"uzram10 zstd            4G   0B    0B    0B      16 /mnt/a b\n"
+	if b.String() != want {
+		t.Errorf("table:\n%s\nwant:\n%s", b.String(), want)
+	}
+	b.Reset()
+	WriteList(&b, devs, ListOptions{Raw: true, NoHeadings: true, Columns: []string{"NAME", "MOUNTPOINT", "COMP-RATIO"}})
+	if want := "uzram0 [SWAP] 2.0000\nuzram10 /mnt/a\\x20b 0.0000\n"; b.String() != want {
+		t.Errorf("raw:\n%q\nwant:\n%q", b.String(), want)
+	}
+}
