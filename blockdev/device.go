@@ -61,7 +61,8 @@ type Device struct {
 
 	pages sync.Pool // *[PageSize]byte scratch for sub-page work
 
-	stats counters
+	stats  counters
+	recomp recompState // recompress.go
 }
 
 // counters hold zram's mm_stat and io_stat figures that the device owns; the
@@ -78,6 +79,14 @@ type counters struct {
 	notifyFree     atomic.Int64
 	reads          atomic.Int64
 	writes         atomic.Int64
+
+	// Recompression (recompress.go): pages flagged incompressible now, and
+	// pages and bytes held by each secondary priority (priority 0 is what
+	// remains of the stored pages, so the write path pays nothing).
+	incompressible atomic.Int64
+	prioPages      [streams.MaxPriority + 1]atomic.Int64
+	prioBytes      [streams.MaxPriority + 1]atomic.Int64
+	recomp         recompCounters
 }
 
 // New creates a device and preallocates what its write path needs.
@@ -272,15 +281,28 @@ func (d *Device) readPage(page uint64, dst []byte) error {
 	return d.readPageLocked(page, dst)
 }
 
-// readPageLocked decodes one page into dst (PageSize bytes).
+// readPageLocked decodes one page into dst (PageSize bytes) and marks it
+// accessed.
 func (d *Device) readPageLocked(page uint64, dst []byte) error {
+	if err := d.decodeLocked(page, dst); err != nil {
+		return err
+	}
+	if s := &d.slots[page]; !s.empty() { // a hole has nothing to mark
+		s.atime = d.now()
+		s.flags &^= slotIdle
+	}
+	return nil
+}
+
+// decodeLocked decodes one page into dst without marking it accessed:
+// recompression reads pages without making them young.
+func (d *Device) decodeLocked(page uint64, dst []byte) error {
 	s := &d.slots[page]
 	switch {
 	case s.flags&slotSame != 0:
 		fillWord(dst, s.handle)
 	case s.handle == 0:
 		clear(dst)
-		return nil // a hole: nothing to mark accessed
 	case s.flags&slotHuge != 0:
 		if n := d.store.Read(pagestore.Handle(s.handle), dst); n != PageSize {
 			return fmt.Errorf("blockdev: read page %d: huge object is %d bytes, want %d", page, n, PageSize)
@@ -302,8 +324,6 @@ func (d *Device) readPageLocked(page uint64, dst []byte) error {
 			return fmt.Errorf("blockdev: read page %d: decompressed %d bytes, want %d", page, m, PageSize)
 		}
 	}
-	s.atime = d.now()
-	s.flags &^= slotIdle
 	return nil
 }
 
@@ -385,10 +405,18 @@ func (d *Device) forgetLocked(page uint64, freeObject bool) {
 			d.store.Free(pagestore.Handle(s.handle))
 		}
 		d.stats.comprDataSize.Add(-int64(s.size))
+		if s.flags&slotIncompressible != 0 {
+			d.stats.incompressible.Add(-1)
+		}
 		if s.flags&slotHuge != 0 {
 			d.stats.hugePages.Add(-1)
 		} else {
-			d.comps.byID[s.comp].Load().pool.Unref()
+			c := d.comps.byID[s.comp].Load()
+			if c.prio > 0 {
+				d.stats.prioPages[c.prio].Add(-1)
+				d.stats.prioBytes[c.prio].Add(-int64(s.size))
+			}
+			c.pool.Unref()
 		}
 	}
 	d.stats.pagesStored.Add(-1)

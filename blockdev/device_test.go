@@ -93,7 +93,8 @@ func TestDeviceModel(t *testing.T) {
 // checkStatsConsistent recomputes the stats from the slot table.
 func checkStatsConsistent(t *testing.T, d *Device) {
 	t.Helper()
-	var stored, same, huge, compr int64
+	var stored, same, huge, compr, incompressible int64
+	var prioPages, prioBytes [len(Stats{}.PriorityPages)]int64
 	for i := range d.slots {
 		s := &d.slots[i]
 		switch {
@@ -106,11 +107,21 @@ func checkStatsConsistent(t *testing.T, d *Device) {
 			if s.flags&slotHuge != 0 {
 				huge++
 			}
+			if s.flags&slotIncompressible != 0 {
+				incompressible++
+			}
+			prio := d.slotPrio(s)
+			prioPages[prio]++
+			prioBytes[prio] += int64(s.size)
 		}
 	}
 	st := d.Stats()
 	if st.PagesStored != stored || st.SamePages != same || st.HugePages != huge || st.ComprDataSize != compr {
 		t.Fatalf("stats %+v disagree with the slot table: stored %d same %d huge %d compr %d", st, stored, same, huge, compr)
+	}
+	if st.IncompressiblePages != incompressible || st.PriorityPages != prioPages || st.PriorityBytes != prioBytes {
+		t.Fatalf("recompression stats disagree with the slot table: incompressible %d (slots %d), pages per priority %v (slots %v), bytes %v (slots %v)",
+			st.IncompressiblePages, incompressible, st.PriorityPages, prioPages, st.PriorityBytes, prioBytes)
 	}
 	if st.OrigDataSize != stored*PageSize {
 		t.Fatalf("orig_data_size %d, want %d", st.OrigDataSize, stored*PageSize)

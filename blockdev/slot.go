@@ -24,6 +24,7 @@ const (
 	slotHuge                             // stored raw, did not compress
 	slotIdle                             // marked idle, cleared on access
 	slotIncompressible                   // recompression gave up on it
+	slotRecomp                           // picked by a recompression scan; any write or free clears it
 )
 
 const slotSize = int(unsafe.Sizeof(slot{}))

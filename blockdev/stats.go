@@ -1,6 +1,11 @@
 package blockdev
 
-import "fmt"
+import (
+	"fmt"
+	"strings"
+
+	"github.com/uzram/uzram/streams"
+)
 
 // Stats is a snapshot of a device's figures, with zram's meanings.
 type Stats struct {
@@ -24,6 +29,13 @@ type Stats struct {
 	Reads, Writes  int64 // requests
 	SlotTableBytes int64 // the slot table's own size, kept apart from the store
 	StoreMetaBytes int64 // the store's Go-heap bookkeeping
+	// recompression (recompress.go)
+	IncompressiblePages int64 // pages recompression gave up on, still stored
+	// PriorityPages and PriorityBytes: compressed pages (huge included, at
+	// priority 0; same-filled excluded) and their bytes per priority.
+	PriorityPages [streams.MaxPriority + 1]int64
+	PriorityBytes [streams.MaxPriority + 1]int64
+	Recomp        RecompressTotals
 }
 
 // Stats returns the device's current figures.
@@ -31,7 +43,7 @@ func (d *Device) Stats() Stats {
 	ss := d.store.Stats()
 	c := &d.stats
 	pages := c.pagesStored.Load()
-	return Stats{
+	st := Stats{
 		OrigDataSize:   pages * PageSize,
 		ComprDataSize:  c.comprDataSize.Load(),
 		MemUsedTotal:   ss.MemUsed,
@@ -50,7 +62,37 @@ func (d *Device) Stats() Stats {
 		Writes:         c.writes.Load(),
 		SlotTableBytes: d.table.bytes(),
 		StoreMetaBytes: ss.MetadataBytes,
+
+		IncompressiblePages: c.incompressible.Load(),
+		Recomp:              d.RecompressTotals(),
 	}
+	// Priority 0 is the rest, so the write path keeps no counter of its own.
+	st.PriorityPages[0] = pages - st.SamePages
+	st.PriorityBytes[0] = st.ComprDataSize
+	for prio := 1; prio <= streams.MaxPriority; prio++ {
+		st.PriorityPages[prio] = c.prioPages[prio].Load()
+		st.PriorityBytes[prio] = c.prioBytes[prio].Load()
+		st.PriorityPages[0] -= st.PriorityPages[prio]
+		st.PriorityBytes[0] -= st.PriorityBytes[prio]
+	}
+	return st
+}
+
+// RecompStat formats the recompression figures in mm_stat's style, one line:
+// incompressible_pages, then pages and bytes at priorities 0..3, then the
+// totals: runs background_runs scanned attempted recompressed skipped
+// incompressible failed bytes_saved mem_saved cpu_ms.
+func (s Stats) RecompStat() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%8d", s.IncompressiblePages)
+	for prio := range s.PriorityPages {
+		fmt.Fprintf(&b, " %8d %8d", s.PriorityPages[prio], s.PriorityBytes[prio])
+	}
+	r := s.Recomp
+	fmt.Fprintf(&b, " %8d %8d %8d %8d %8d %8d %8d %8d %8d %8d %8d\n",
+		r.Runs, r.BackgroundRuns, r.Scanned, r.Attempted, r.Recompressed, r.Skipped,
+		r.Incompressible, r.Failed, r.BytesSaved, r.MemSaved, r.CPU.Milliseconds())
+	return b.String()
 }
 
 // MMStat formats the figures as zram's mm_stat file, column for column.
