@@ -1,6 +1,8 @@
 package daemon
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -8,22 +10,10 @@ import (
 
 	"github.com/uzram/uzram/blockdev"
 	"github.com/uzram/uzram/control"
+	"github.com/uzram/uzram/recompress"
 	"github.com/uzram/uzram/sizes"
 	"github.com/uzram/uzram/zcomp"
 )
-
-// recompressor is zram's recompress, which blockdev does not have yet; the
-// daemon finds it by method set so the knob works the moment it lands and
-// until then answers "not supported by this daemon yet".
-type recompressor interface {
-	// Recompress runs zram's recompress with its syntax
-	// ("type=idle|huge|huge_idle threshold=B max_pages=N algo=A priority=P").
-	Recompress(spec string) error
-}
-
-func unsupported(knob string) error {
-	return control.Errorf(control.ErrUnsupported, "%s is not supported by this daemon yet", knob)
-}
 
 // SetKnob implements control.Manager. Values use zram's syntax for the
 // sysfs file of the same name; each is checked here so a bad one is
@@ -96,13 +86,14 @@ func (d *Daemon) SetKnob(name, knob, value string) error {
 		if err := checkRecompress(value); err != nil {
 			return err
 		}
-		m, ok := any(dev).(recompressor)
-		if !ok {
-			return unsupported(knob)
+		res, err := recompress.Run(context.Background(), dev, value, nil)
+		if errors.Is(err, blockdev.ErrNoRecompAlgorithm) {
+			return control.Errorf(control.ErrInvalid, "%s: recompress: %v", name, err)
 		}
-		if err := m.Recompress(value); err != nil {
+		if err != nil {
 			return fmt.Errorf("daemon: %s: recompress: %w", name, err)
 		}
+		d.log.Info("recompressed", "device", name, "result", recompress.FormatResult(res))
 	case "algorithm_params":
 		if err := setAlgorithmParams(dev, value); err != nil {
 			return err
