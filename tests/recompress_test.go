@@ -1,0 +1,111 @@
+package tests
+
+import (
+	"bytes"
+	"io/fs"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// recompData is a mixed data set from the machine: text from
+// /usr/share/doc (not already compressed), binaries from /usr/bin, zero
+// pages and random pages, pages kinds interleaved.
+func recompData(t *testing.T, pages int) []byte {
+	t.Helper()
+	read := func(dir string, n int) []byte {
+		var out []byte
+		filepath.WalkDir(dir, func(path string, e fs.DirEntry, err error) error {
+			if err != nil || len(out) >= n {
+				return filepath.SkipDir
+			}
+			if ext := filepath.Ext(path); !e.Type().IsRegular() || ext == ".gz" || ext == ".xz" || ext == ".bz2" {
+				return nil
+			}
+			if b, err := os.ReadFile(path); err == nil {
+				out = append(out, b[:min(len(b), n-len(out))]...)
+			}
+			return nil
+		})
+		if len(out) < n {
+			t.Skipf("only %d bytes under %s", len(out), dir)
+		}
+		return out
+	}
+	text, bin := read("/usr/share/doc", pages*4096/4+4096), read("/usr/bin", pages*4096/4+4096)
+	r := rand.New(rand.NewPCG(5, 6))
+	data := make([]byte, pages*4096)
+	for i := 0; i < pages; i++ {
+		p := data[i*4096 : (i+1)*4096]
+		switch i % 4 {
+		case 0:
+			copy(p, text[i/4*4096:])
+		case 1:
+			copy(p, bin[i/4*4096:])
+		case 2: // zeros
+		case 3:
+			for j := range p {
+				p[j] = byte(r.Uint32())
+			}
+		}
+	}
+	return data
+}
+
+// TestRecompressCLI: data written through NBD, then `uzram recomp-algorithm`,
+// `uzram idle all` and `uzram recompress type=idle` through the control
+// socket: compr_data_size drops, huge pages (random) stay, every byte reads
+// back through NBD, and a second pass finds nothing left to do.
+func TestRecompressCLI(t *testing.T) {
+	const pages = 2048
+	s := startServer(t, "--size", "8M", "--algorithm", "lz4")
+	c := dial(t, s)
+	data := recompData(t, pages)
+	for off := 0; off < len(data); off += 256 << 10 {
+		if err := c.WriteAt(data[off:off+256<<10], uint64(off)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	before, _ := s.stats(t)
+
+	out, errOut, code := cli(t, s, "recompress", s.Name, "type=idle")
+	if code == 0 || !strings.Contains(errOut, "no recompression algorithm") {
+		t.Fatalf("recompress without a secondary algorithm: exit %d, %q %q", code, out, errOut)
+	}
+	cliOK(t, s, "recomp-algorithm", s.Name, "algo=zstd priority=1")
+	cliOK(t, s, "idle", s.Name, "all")
+	cliOK(t, s, "recompress", s.Name, "type=idle")
+	after, _ := s.stats(t)
+	t.Logf("mm_stat before: %v", before)
+	t.Logf("mm_stat after:  %v", after)
+	// mm_stat: orig compr mem_used limit max same compacted huge huge_since
+	if after[0] != before[0] || after[5] != before[5] {
+		t.Fatalf("recompression changed orig_data_size or same_pages: %v -> %v", before, after)
+	}
+	if after[1] >= before[1]*95/100 {
+		t.Fatalf("compr_data_size %d -> %d: zstd should save more than 5%%", before[1], after[1])
+	}
+	// Random pages stay huge; binary pages lz4 stored raw may shrink and
+	// stop being huge; huge_pages_since never goes down.
+	if after[7] < pages/4 || after[7] > before[7] || after[8] != before[8] {
+		t.Fatalf("huge %d -> %d, since %d -> %d; %d random pages", before[7], after[7], before[8], after[8], pages/4)
+	}
+	got := make([]byte, 256<<10)
+	for off := 0; off < len(data); off += len(got) {
+		if err := c.ReadAt(got, uint64(off)); err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, data[off:off+len(got)]) {
+			t.Fatalf("data at %d differs after recompression", off)
+		}
+	}
+	// Everything is at the highest priority or flagged incompressible now.
+	cliOK(t, s, "idle", s.Name, "all")
+	cliOK(t, s, "recompress", s.Name, "type=huge max_pages=10 threshold=100")
+	again, _ := s.stats(t)
+	if again[1] != after[1] {
+		t.Fatalf("second pass changed compr_data_size %d -> %d", after[1], again[1])
+	}
+}
