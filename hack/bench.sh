@@ -31,17 +31,24 @@ if [[ $(id -u) != 0 && " $* " != *" --no-zram "* ]]; then
 fi
 
 # hack/bench stops its servers and resets /dev/zram0 itself on SIGINT/TERM;
-# the trap forwards those signals and waits for it to finish cleaning up.
+# the trap forwards those signals and waits for it to finish cleaning up. If
+# it died without cleaning up (SIGKILL), the marker it keeps while zram0 is
+# its own tells us to reset the device; anyone else's zram0 is left alone.
 pid=
+marker=$build/zram-owner
 cleanup() {
 	if [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null; then
 		kill -TERM "$pid" 2>/dev/null || true
 		wait "$pid" 2>/dev/null || true
 	fi
+	if [[ -f $marker ]] && ! kill -0 "$(cat "$marker")" 2>/dev/null; then
+		echo 1 >/sys/block/zram0/reset || echo "bench.sh: reset /dev/zram0 by hand" >&2
+		rm -f "$marker"
+	fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-"$build/bench" --uzram "$build/uzram" --repo "$root" --out results "$@" &
+"$build/bench" --uzram "$build/uzram" --repo "$root" --out results --zram-marker "$marker" "$@" &
 pid=$!
 wait "$pid"

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"syscall"
 )
 
 // dataKind is what the written buffers hold; it decides how much the stores
@@ -118,6 +119,7 @@ func (f fio) fill(ctx context.Context, t *target, d dataKind) error {
 
 func runFio(ctx context.Context, args []string) error {
 	cmd := exec.CommandContext(ctx, "fio", args...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL} // no orphan load if we are killed
 	// the nbd engine prints "connected to NBD server" on stdout, hence --output
 	b, err := cmd.CombinedOutput()
 	if err != nil {

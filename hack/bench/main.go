@@ -44,6 +44,7 @@ func main() {
 	flag.IntVar(&o.ramp, "ramp", 1, "fio ramp seconds per run")
 	flag.StringVar(&o.goPkgs, "go-pkgs", "./blockdev ./zcomp ./streams ./pagestore", "packages for --go")
 	flag.StringVar(&o.goBenchtime, "go-benchtime", "1s", "-benchtime for --go")
+	flag.StringVar(&zram.marker, "zram-marker", "", "file holding our PID while /dev/zram0 is ours (for bench.sh's trap)")
 	flag.Parse()
 	if o.runtime == 0 {
 		o.runtime = 3
@@ -202,6 +203,7 @@ func goBench(ctx context.Context, o options, mdPath string) error {
 	logf("go %s", strings.Join(args, " "))
 	cmd := exec.CommandContext(ctx, "go", args...)
 	cmd.Dir = o.repo
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	out, runErr := cmd.CombinedOutput()
 	var allocs []string
 	for _, l := range strings.Split(string(out), "\n") {

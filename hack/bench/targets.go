@@ -229,7 +229,8 @@ func parseUints(s string) ([]uint64, error) {
 // itself, and refuses one someone else has configured.
 var zram struct {
 	sync.Mutex
-	mine bool
+	mine   bool
+	marker string // while set up: file naming our PID, so bench.sh can reset after a SIGKILL
 }
 
 func zramAvailable() error {
@@ -253,6 +254,9 @@ func zramSetup() error {
 		return err
 	}
 	zram.mine = true
+	if zram.marker != "" {
+		os.WriteFile(zram.marker, []byte(strconv.Itoa(os.Getpid())), 0o644)
+	}
 	if err := os.WriteFile(zramSys+"/comp_algorithm", []byte("lz4"), 0); err != nil {
 		return err
 	}
@@ -270,6 +274,9 @@ func zramReset() {
 	for i := 0; i < 50; i++ {
 		if os.WriteFile(zramSys+"/reset", []byte("1"), 0) == nil {
 			zram.mine = false
+			if zram.marker != "" {
+				os.Remove(zram.marker)
+			}
 			return
 		}
 		time.Sleep(100 * time.Millisecond)
