@@ -507,12 +507,16 @@ func firstDiff(a, b []byte) int {
 }
 
 // fzNegotiate is a minimal client handshake: NO_ZEROES and OPT_GO.
-func fzNegotiate(nc net.Conn, br *bufio.Reader) error {
+func fzNegotiate(nc net.Conn, br io.Reader) error {
+	if br == nil {
+		br = nc // unbuffered: reads nothing past the handshake
+	}
 	var hello [18]byte
 	if _, err := io.ReadFull(br, hello[:]); err != nil {
 		return fmt.Errorf("greeting: %w", err)
 	}
-	if _, err := nc.Write(append([]byte{0, 0, 0, 3}, fzOption(optGo, fzInfoData("fz"))...)); err != nil {
+	// The empty name is the default export, whatever the server calls it.
+	if _, err := nc.Write(append([]byte{0, 0, 0, 3}, fzOption(optGo, fzInfoData(""))...)); err != nil {
 		return err
 	}
 	for {
@@ -520,7 +524,7 @@ func fzNegotiate(nc net.Conn, br *bufio.Reader) error {
 		if _, err := io.ReadFull(br, h[:]); err != nil {
 			return fmt.Errorf("option reply: %w", err)
 		}
-		if _, err := br.Discard(int(binary.BigEndian.Uint32(h[16:]))); err != nil {
+		if _, err := io.CopyN(io.Discard, br, int64(binary.BigEndian.Uint32(h[16:]))); err != nil {
 			return err
 		}
 		switch typ := binary.BigEndian.Uint32(h[12:]); {
