@@ -67,6 +67,14 @@ func serveCommand() *cli.Command {
 			&cli.StringFlag{Name: "socket-dir", Usage: "directory for the sockets of devices created at runtime (default: --socket's, or /run/uzram)"},
 			&cli.BoolFlag{Name: "no-device", Usage: "start with no device; create them with `uzram --find --size ...`"},
 			&cli.StringFlag{Name: "metrics", Usage: "serve Prometheus metrics on [HOST:]PORT (a bare port listens on 127.0.0.1)"},
+			&cli.StringFlag{Name: "state-file", Usage: "restore the device's contents from PATH at start and save them there at shutdown"},
+			&cli.StringFlag{Name: "socket-mode", Value: "0600", Usage: "permission bits of device sockets, octal (0660 lets --socket-group attach)"},
+			&cli.StringFlag{Name: "socket-group", Usage: "group owning device sockets (name or id)"},
+			&cli.StringFlag{Name: "tls-cert", Usage: "PEM certificate offered with NBD_OPT_STARTTLS"},
+			&cli.StringFlag{Name: "tls-key", Usage: "PEM private key of --tls-cert"},
+			&cli.StringFlag{Name: "tls-ca", Usage: "PEM CA: clients must present a certificate it signed"},
+			&cli.BoolFlag{Name: "tls-required", Usage: "refuse TCP clients that do not start TLS"},
+			&cli.BoolFlag{Name: "read-only", Usage: "export read-only: writes, trims and zeroes fail with EPERM"},
 		},
 		OnUsageError: usageError,
 		Action: func(c *cli.Context) error {
@@ -125,7 +133,26 @@ func serveCommand() *cli.Command {
 			if c.Bool("verbose") {
 				level = slog.LevelDebug
 			}
+			sockMode, err := daemon.ParseSocketMode(c.String("socket-mode"))
+			if err != nil {
+				return fmt.Errorf("--socket-mode: %w", err)
+			}
+			srvOpts := blockdev.ServerOptions{ReadOnly: c.Bool("read-only"), TLSRequired: c.Bool("tls-required")}
+			if c.String("tls-cert") != "" || c.String("tls-key") != "" || c.String("tls-ca") != "" {
+				if srvOpts.TLS, err = blockdev.LoadTLSConfig(c.String("tls-cert"), c.String("tls-key"), c.String("tls-ca")); err != nil {
+					return fmt.Errorf("--tls-cert/--tls-key/--tls-ca: %w", err)
+				}
+			} else if srvOpts.TLSRequired {
+				return fmt.Errorf("--tls-required needs --tls-cert and --tls-key")
+			}
+			if c.String("state-file") != "" && c.Bool("no-device") {
+				return fmt.Errorf("--state-file holds the first device's contents, but --no-device asks for none")
+			}
 			return daemon.Run(context.Background(), daemon.Config{
+				Server:      srvOpts,
+				StateFile:   c.String("state-file"),
+				SocketMode:  sockMode,
+				SocketGroup: c.String("socket-group"),
 				Device: blockdev.Config{
 					Name: name, Size: sizes.RoundPage(size), Algorithm: c.String("algorithm"), Params: params,
 					ParamsText: c.String("algorithm-params"), StreamMode: mode, Streams: c.Int("streams"), MemLimit: limit,

@@ -57,6 +57,14 @@ type Config struct {
 	Logger          *slog.Logger
 	// Ready, if set, is called once the sockets accept connections.
 	Ready func()
+
+	// StateFile, if set, holds the first device's contents across restarts:
+	// restored at start, saved at shutdown (reliability.go).
+	StateFile string
+	// SocketMode and SocketGroup widen device sockets beyond 0600 and the
+	// daemon's group (reliability.go).
+	SocketMode  os.FileMode
+	SocketGroup string
 }
 
 // DefaultSocketDir holds the default sockets, one per device, and the
@@ -143,9 +151,9 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 	}()
 	if cfg.Listen != "" {
-		l, err := net.Listen("tcp", cfg.Listen)
+		l, err := ListenTCP(cfg.Listen) // a bare port: loopback only
 		if err != nil {
-			return fmt.Errorf("daemon: listen on %s: %w", cfg.Listen, err)
+			return err
 		}
 		extra = append(extra, l)
 		log.Info("serving every export", "addr", l.Addr().String())
@@ -231,6 +239,12 @@ loop:
 	if err := d.srv.Shutdown(sctx); err != nil && runErr == nil {
 		runErr = err
 	}
+	if cfg.StateFile != "" && !cfg.NoDevice {
+		// Every connection has drained: nothing acknowledged is missing.
+		if err := d.SaveState(); err != nil && runErr == nil {
+			runErr = err
+		}
+	}
 	d.printStats()
 	return runErr
 }
@@ -304,6 +318,10 @@ func (d *Daemon) addLocked(cfg blockdev.Config, socket string) (*entry, error) {
 	if err != nil {
 		return nil, fmt.Errorf("daemon: create %s: %w", cfg.Name, err)
 	}
+	if err := d.restore(dev); err != nil { // before any client can see it
+		dev.Close()
+		return nil, err
+	}
 	if err := d.srv.AddExport(dev); err != nil {
 		dev.Close()
 		return nil, fmt.Errorf("daemon: %w", err)
@@ -311,6 +329,12 @@ func (d *Daemon) addLocked(cfg blockdev.Config, socket string) (*entry, error) {
 	e := &entry{dev: dev, socket: socket}
 	if socket != "" {
 		l, err := ListenUnix(socket)
+		if err == nil {
+			if err = d.socketAccess(socket); err != nil {
+				l.Close()
+				os.Remove(socket)
+			}
+		}
 		if err != nil {
 			d.srv.RemoveExport(cfg.Name)
 			dev.Close()
