@@ -318,7 +318,11 @@ func knobCommand(name, knob, usage, argsUsage string, nargs int, value func(args
 			if err != nil {
 				return err
 			}
-			return client(c).SetKnob(args[0], knob, v)
+			res, err := client(c).SetKnob(args[0], knob, v)
+			if res != "" {
+				fmt.Println(res)
+			}
+			return err
 		},
 	}
 }

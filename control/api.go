@@ -111,6 +111,12 @@ type KnobRequest struct {
 	Value string `json:"value"`
 }
 
+// KnobResult is a knob write's answer when it has something to tell, such
+// as what a recompress run did.
+type KnobResult struct {
+	Result string `json:"result"`
+}
+
 // AttachRequest records (NBD set) or forgets (NBD empty) which /dev/nbdN a
 // device was attached to by `uzram attach`, so MOUNTPOINT can find it even
 // when nbd-client has exited (netlink mode leaves no process behind).

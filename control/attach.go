@@ -153,6 +153,10 @@ func Detach(c *Client, target string) (string, string, error) {
 				name = d.Name
 			}
 		}
+		if name == "" {
+			// Someone else's NBD device is not ours to disconnect.
+			return "", "", fmt.Errorf("%s is not attached to a device of this uzram daemon (nbd-client -d %s would force it)", target, target)
+		}
 	} else {
 		d, err := c.Get(target)
 		if err != nil {
@@ -201,11 +205,11 @@ func SwapOn(c *Client, o SwapOptions) (name, nbd string, err error) {
 	}()
 	for i, r := range o.Recomp {
 		algo, params, _ := strings.Cut(strings.TrimSpace(r), " ")
-		if err = c.SetKnob(name, "recomp_algorithm", fmt.Sprintf("algo=%s priority=%d", algo, i+1)); err != nil {
+		if _, err = c.SetKnob(name, "recomp_algorithm", fmt.Sprintf("algo=%s priority=%d", algo, i+1)); err != nil {
 			return "", "", err
 		}
 		if params = strings.TrimSpace(params); params != "" {
-			if err = c.SetKnob(name, "algorithm_params", fmt.Sprintf("priority=%d %s", i+1, params)); err != nil {
+			if _, err = c.SetKnob(name, "algorithm_params", fmt.Sprintf("priority=%d %s", i+1, params)); err != nil {
 				return "", "", err
 			}
 		}

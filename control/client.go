@@ -23,6 +23,7 @@ var ErrNoDaemon = errors.New("daemon not running")
 type Client struct {
 	Socket string
 	hc     *http.Client
+	long   *http.Client // no deadline: recompress and compact run as long as they need
 }
 
 // NewClient returns a client for the daemon listening on socket.
@@ -35,10 +36,14 @@ func NewClient(socket string) *Client {
 		DisableKeepAlives: true, // one CLI call, one request: nothing to keep
 	}
 	// Creating a large device preallocates its slot table, so allow time.
-	return &Client{Socket: socket, hc: &http.Client{Transport: tr, Timeout: 2 * time.Minute}}
+	return &Client{Socket: socket, hc: &http.Client{Transport: tr, Timeout: 2 * time.Minute}, long: &http.Client{Transport: tr}}
 }
 
 func (c *Client) do(method, path string, in, out any) error {
+	return c.doWith(c.hc, method, path, in, out)
+}
+
+func (c *Client) doWith(hc *http.Client, method, path string, in, out any) error {
 	var body io.Reader
 	if in != nil {
 		b, err := json.Marshal(in)
@@ -55,7 +60,7 @@ func (c *Client) do(method, path string, in, out any) error {
 	if in != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
-	resp, err := c.hc.Do(req)
+	resp, err := hc.Do(req)
 	if err != nil {
 		return c.dialError(err)
 	}
@@ -73,6 +78,12 @@ func (c *Client) do(method, path string, in, out any) error {
 	}
 	switch o := out.(type) {
 	case nil:
+	case *KnobResult:
+		if len(data) > 0 { // 204: nothing to tell
+			if err := json.Unmarshal(data, o); err != nil {
+				return fmt.Errorf("control: decode reply from %s: %w", c.Socket, err)
+			}
+		}
 	case *string:
 		*o = string(data)
 	default:
@@ -126,9 +137,16 @@ func (c *Client) Remove(name string) error {
 	return c.do(http.MethodDelete, devPath(name), nil, nil)
 }
 
-// SetKnob writes a zram knob (one of Knobs).
-func (c *Client) SetKnob(name, knob, value string) error {
-	return c.do(http.MethodPut, devPath(name)+"/"+knob, KnobRequest{Value: value}, nil)
+// SetKnob writes a zram knob (one of Knobs) and returns what the daemon
+// had to say about it, if anything.
+func (c *Client) SetKnob(name, knob, value string) (string, error) {
+	hc := c.hc
+	if knob == "recompress" || knob == "compact" {
+		hc = c.long
+	}
+	var res KnobResult
+	err := c.doWith(hc, http.MethodPut, devPath(name)+"/"+knob, KnobRequest{Value: value}, &res)
+	return res.Result, err
 }
 
 // StatFile returns mm_stat, io_stat or debug_stat as zram prints it.

@@ -2,6 +2,7 @@ package control
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"net"
 	"net/http"
@@ -52,12 +53,15 @@ func (f *fakeManager) Remove(name string) error {
 	return nil
 }
 
-func (f *fakeManager) SetKnob(name, knob, value string) error {
+func (f *fakeManager) SetKnob(_ context.Context, name, knob, value string) (string, error) {
 	if knob == "recompress" {
-		return Errorf(ErrUnsupported, "recompress is not supported by this daemon yet")
+		return "", Errorf(ErrUnsupported, "recompress is not supported by this daemon yet")
 	}
 	f.knobs = append(f.knobs, name+" "+knob+" "+value)
-	return nil
+	if knob == "compact" {
+		return "compacted", nil
+	}
+	return "", nil
 }
 
 func (f *fakeManager) SetAttachment(name, nbd string) error {
@@ -95,10 +99,13 @@ func TestControlRoundTrip(t *testing.T) {
 			t.Errorf("StatFile(%s) = %q, %v; want %q", file, got, err, want)
 		}
 	}
-	if err := c.SetKnob("a", "mem_limit", "1G"); err != nil {
-		t.Fatal(err)
+	if res, err := c.SetKnob("a", "mem_limit", "1G"); err != nil || res != "" {
+		t.Fatalf("SetKnob = %q, %v", res, err)
 	}
-	if len(m.knobs) != 1 || m.knobs[0] != "a mem_limit 1G" {
+	if res, err := c.SetKnob("a", "compact", "1"); err != nil || res != "compacted" {
+		t.Fatalf("SetKnob(compact) = %q, %v", res, err)
+	}
+	if len(m.knobs) != 2 || m.knobs[0] != "a mem_limit 1G" {
 		t.Fatalf("knobs seen: %q", m.knobs)
 	}
 	if err := c.SetAttachment("a", "/dev/nbd3"); err != nil || m.devs["a"].NBD != "/dev/nbd3" {
@@ -120,8 +127,8 @@ func TestControlErrors(t *testing.T) {
 		{func() error { _, err := c.Get("nope"); return err }(), ErrNotFound, `no device "nope"`},
 		{c.Remove("busy"), ErrBusy, "busy is in use"},
 		{func() error { _, err := c.Create(CreateRequest{Name: "x", Size: "bad"}); return err }(), ErrInvalid, `bad size "bad"`},
-		{c.SetKnob("busy", "recompress", "type=idle"), ErrUnsupported, "not supported by this daemon yet"},
-		{c.SetKnob("busy", "frobnicate", "1"), ErrInvalid, `no knob "frobnicate"`},
+		{knobErr(c, "busy", "recompress", "type=idle"), ErrUnsupported, "not supported by this daemon yet"},
+		{knobErr(c, "busy", "frobnicate", "1"), ErrInvalid, `no knob "frobnicate"`},
 		{func() error { _, err := c.StatFile("busy", "cpu_stat"); return err }(), ErrInvalid, `no stats file "cpu_stat"`},
 	} {
 		if !errors.Is(tc.err, tc.kind) || tc.err.Error() != tc.msg && !strings.Contains(tc.err.Error(), tc.msg) {
@@ -131,6 +138,11 @@ func TestControlErrors(t *testing.T) {
 			t.Errorf("error %q is not one line", tc.err)
 		}
 	}
+}
+
+func knobErr(c *Client, name, knob, value string) error {
+	_, err := c.SetKnob(name, knob, value)
+	return err
 }
 
 func TestControlNoDaemon(t *testing.T) {

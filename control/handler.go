@@ -1,6 +1,7 @@
 package control
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -17,8 +18,9 @@ type Manager interface {
 	Create(req CreateRequest) (Device, error)
 	// Remove frees a device (zram's reset); refused with ErrBusy while attached.
 	Remove(name string) error
-	// SetKnob writes value to one of Knobs.
-	SetKnob(name, knob, value string) error
+	// SetKnob writes value to one of Knobs and may say what it did. ctx
+	// ends when the caller goes away, so a long recompress stops with it.
+	SetKnob(ctx context.Context, name, knob, value string) (string, error)
 	// SetAttachment records or (nbd "") forgets the device's /dev/nbdN.
 	SetAttachment(name, nbd string) error
 }
@@ -101,11 +103,16 @@ func Handler(m Manager) http.Handler {
 		if !readJSON(w, r, &req) {
 			return
 		}
-		if err := m.SetKnob(r.PathValue("name"), knob, req.Value); err != nil {
+		res, err := m.SetKnob(r.Context(), r.PathValue("name"), knob, req.Value)
+		if err != nil {
 			writeError(w, err)
 			return
 		}
-		w.WriteHeader(http.StatusNoContent)
+		if res == "" {
+			w.WriteHeader(http.StatusNoContent)
+			return
+		}
+		writeJSON(w, http.StatusOK, KnobResult{Result: res})
 	})
 	mux.HandleFunc("PUT "+apiPrefix+"/{name}/attachment", func(w http.ResponseWriter, r *http.Request) {
 		var req AttachRequest

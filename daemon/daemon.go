@@ -195,8 +195,8 @@ func Run(ctx context.Context, cfg Config) error {
 		}()
 		log.Info("metrics", "addr", l.Addr().String())
 	}
-	if len(d.List()) == 0 && cfg.Listen == "" && ctl == nil {
-		return errors.New("daemon: nothing to serve: give a device socket, --listen or a control socket")
+	if cfg.Socket == "" && cfg.Listen == "" && ctl == nil {
+		return errors.New("daemon: nothing to listen on: give --socket, --listen or a control socket")
 	}
 	if cfg.Ready != nil {
 		cfg.Ready()

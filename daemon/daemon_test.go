@@ -156,13 +156,13 @@ func TestControlKnobs(t *testing.T) {
 	c, _ := startDaemon(t)
 	ok := func(knob, v string) {
 		t.Helper()
-		if err := c.SetKnob("uzram0", knob, v); err != nil {
+		if _, err := c.SetKnob("uzram0", knob, v); err != nil {
 			t.Fatalf("%s %q: %v", knob, v, err)
 		}
 	}
 	bad := func(knob, v string, kind error, want string) {
 		t.Helper()
-		err := c.SetKnob("uzram0", knob, v)
+		_, err := c.SetKnob("uzram0", knob, v)
 		if !errors.Is(err, kind) || !strings.Contains(err.Error(), want) {
 			t.Errorf("%s %q = %v, want %v containing %q", knob, v, err, kind, want)
 		}
@@ -205,10 +205,13 @@ func TestControlKnobs(t *testing.T) {
 	bad("algorithm_params", "level=99", control.ErrInvalid, "level 99 out of range")
 	bad("comp_algorithm", "snappy", control.ErrInvalid, `unknown algorithm "snappy"`)
 	bad("max_comp_streams", "-1", control.ErrInvalid, "bad max_comp_streams")
-	if err := c.SetKnob("uzram0", "recompress", "type=idle"); err != nil && !errors.Is(err, control.ErrUnsupported) {
-		t.Errorf("recompress = %v, want success or not supported yet", err)
+	if res, err := c.SetKnob("uzram0", "recompress", "type=idle"); err != nil || res == "" {
+		t.Errorf("recompress = %q, %v; want its result", res, err)
 	}
-	if err := c.SetKnob("nope", "compact", "1"); !errors.Is(err, control.ErrNotFound) || !strings.Contains(err.Error(), "devices: uzram0") {
+	if res, err := c.SetKnob("uzram0", "compact", "1"); err != nil || !strings.HasSuffix(res, " pages freed") {
+		t.Errorf("compact = %q, %v", res, err)
+	}
+	if _, err := c.SetKnob("nope", "compact", "1"); !errors.Is(err, control.ErrNotFound) || !strings.Contains(err.Error(), "devices: uzram0") {
 		t.Errorf("knob on an unknown device = %v", err)
 	}
 }

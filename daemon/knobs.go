@@ -17,8 +17,15 @@ import (
 
 // SetKnob implements control.Manager. Values use zram's syntax for the
 // sysfs file of the same name; each is checked here so a bad one is
-// refused with the right spelling before the device sees it.
-func (d *Daemon) SetKnob(name, knob, value string) error {
+// refused with the right spelling before the device sees it. The result
+// says what compact, idle and recompress did.
+func (d *Daemon) SetKnob(ctx context.Context, name, knob, value string) (string, error) {
+	var result string
+	err := d.setKnob(ctx, name, knob, value, &result)
+	return result, err
+}
+
+func (d *Daemon) setKnob(ctx context.Context, name, knob, value string, result *string) error {
 	d.mu.Lock()
 	e, err := d.lookupLocked(name)
 	if err != nil {
@@ -47,13 +54,13 @@ func (d *Daemon) SetKnob(name, knob, value string) error {
 		}
 		dev.ResetMemUsedMax()
 	case "compact":
-		dev.Compact()
+		*result = fmt.Sprintf("%d pages freed", dev.Compact())
 	case "idle":
 		age, err := parseIdle(value)
 		if err != nil {
 			return err
 		}
-		dev.MarkIdle(age)
+		*result = fmt.Sprintf("%d pages idle", dev.MarkIdle(age))
 	case "comp_algorithm":
 		algo, params, _ := strings.Cut(value, " ")
 		if err := checkAlgo("comp_algorithm", algo); err != nil {
@@ -86,14 +93,15 @@ func (d *Daemon) SetKnob(name, knob, value string) error {
 		if err := checkRecompress(value); err != nil {
 			return err
 		}
-		res, err := recompress.Run(context.Background(), dev, value, nil)
+		res, err := recompress.Run(ctx, dev, value, nil)
 		if errors.Is(err, blockdev.ErrNoRecompAlgorithm) {
 			return control.Errorf(control.ErrInvalid, "%s: recompress: %v", name, err)
 		}
 		if err != nil {
 			return fmt.Errorf("daemon: %s: recompress: %w", name, err)
 		}
-		d.log.Info("recompressed", "device", name, "result", recompress.FormatResult(res))
+		*result = recompress.FormatResult(res)
+		d.log.Info("recompressed", "device", name, "result", *result)
 	case "algorithm_params":
 		if err := setAlgorithmParams(dev, value); err != nil {
 			return err
@@ -192,8 +200,8 @@ func checkRecompress(v string) error {
 	}
 	if s, ok := kv["threshold"]; ok {
 		n, err := strconv.Atoi(s)
-		if err != nil || n <= 0 || n >= blockdev.HugeThreshold {
-			return control.Errorf(control.ErrInvalid, "bad recompress threshold %q: want bytes in 1..%d", s, blockdev.HugeThreshold-1)
+		if err != nil || n < 0 || n >= blockdev.HugeThreshold {
+			return control.Errorf(control.ErrInvalid, "bad recompress threshold %q: want bytes in 0..%d (0: none)", s, blockdev.HugeThreshold-1)
 		}
 	}
 	if s, ok := kv["max_pages"]; ok {

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -163,8 +164,12 @@ func TestCLICreateStatsReset(t *testing.T) {
 
 	cliOK(t, s, "mem-limit", "uzram1", "32M")
 	cliOK(t, s, "mem-used-max", "uzram1", "reset")
-	cliOK(t, s, "compact", "uzram1")
-	cliOK(t, s, "idle", "uzram1", "all")
+	if out := cliOK(t, s, "compact", "uzram1"); !strings.HasSuffix(out, " pages freed\n") {
+		t.Fatalf("compact printed %q", out)
+	}
+	if out := cliOK(t, s, "idle", "uzram1", "all"); out != "2 pages idle\n" {
+		t.Fatalf("idle all printed %q, want the 2 compressed pages", out)
+	}
 	cliOK(t, s, "recomp-algorithm", "uzram1", "algo=zstd priority=1")
 	cliOK(t, s, "algorithm-params", "uzram1", "priority=1", "level=5") // unquoted works too
 	cliOK(t, s, "comp-algorithm", "uzram1", "zstd")
@@ -172,15 +177,22 @@ func TestCLICreateStatsReset(t *testing.T) {
 	if out := cliOK(t, s, "-n", "-o", "NAME,ALGORITHM,MEM-LIMIT,STREAMS,DATA", "uzram1"); out != "uzram1 zstd 32M 3 12K\n" {
 		t.Fatalf("after the knobs: %q", out)
 	}
-	_, errOut, code := cli(t, s, "recompress", "uzram1", "type=idle")
-	if code != 0 && !strings.Contains(errOut, "not supported by this daemon yet") {
-		t.Fatalf("recompress: exit %d: %s", code, errOut)
+	if out := cliOK(t, s, "recompress", "uzram1", "type=idle"); out == "" {
+		t.Fatalf("recompress printed nothing")
 	}
 
-	// SIGUSR1 prints every device, the last one last.
-	mmSig, _ := s.stats(t)
-	if mmSig[0] != 3*4096 {
-		t.Fatalf("SIGUSR1 mm_stat %v: want uzram1's orig_data_size last", mmSig)
+	// SIGUSR1 prints every device.
+	before := strings.Count(s.stdout(), "device uzram1\n")
+	s.cmd.Process.Signal(syscall.SIGUSR1)
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.HasSuffix(s.stdout(), "\n") || strings.Count(s.stdout(), "io_stat ") < 2*(before+1) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no stats for both devices after SIGUSR1: %q", s.stdout())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if !strings.Contains(s.stdout(), "device uzram0\nmm_stat ") || !strings.Contains(s.stdout(), fmt.Sprintf("device uzram1\nmm_stat %8d ", 3*4096)) {
+		t.Fatalf("SIGUSR1 output lacks a device, or uzram1's orig_data_size:\n%s", s.stdout())
 	}
 
 	// Reset: refused while attached, with what to do about it.
@@ -188,12 +200,12 @@ func TestCLICreateStatsReset(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, errOut, code = cli(t, s, "--reset", "uzram1")
+	_, errOut, code := cli(t, s, "--reset", "uzram1")
 	if code != 1 || !strings.Contains(errOut, "uzram1 is in use by 1 NBD connection(s)") || !strings.Contains(errOut, "uzram detach uzram1") || strings.Count(errOut, "\n") != 1 {
 		t.Fatalf("reset while attached: exit %d: %q", code, errOut)
 	}
 	c.Close()
-	deadline := time.Now().Add(10 * time.Second)
+	deadline = time.Now().Add(10 * time.Second)
 	for {
 		_, errOut, code = cli(t, s, "--reset", "uzram1")
 		if code == 0 || !strings.Contains(errOut, "in use") || time.Now().After(deadline) {
@@ -246,6 +258,7 @@ func TestCLIBadInput(t *testing.T) {
 		{[]string{"mm-stat"}, "mm-stat needs one device NAME"},
 		{[]string{"attach", "uzram0", "/dev/sda"}, `bad NBD device "/dev/sda": want /dev/nbdN`},
 		{[]string{"detach", "uzram0"}, "uzram0 is not attached to an NBD device"},
+		{[]string{"detach", "/dev/nbd9"}, "/dev/nbd9 is not attached to a device of this uzram daemon"},
 		{[]string{"swapoff", "uzram0"}, "uzram0 is not attached"},
 		{[]string{"swapon"}, "swapon needs --size, like uzram swapon --size 4G"},
 	} {
