@@ -3,6 +3,7 @@ package blockdev
 import (
 	"encoding/binary"
 	"io"
+	"math/rand/v2"
 	"net"
 	"testing"
 
@@ -26,16 +27,23 @@ func benchNBD(b *testing.B, typ uint16, depth int) {
 	defer nc.Close()
 	negotiate(b, nc, "b")
 	const pages = 256 << 20 / PageSize
-	req := make([]byte, requestHeaderSize+PageSize)
-	for i := requestHeaderSize; i < len(req); i += 2 {
-		req[i] = byte(i * 7) // half-compressible
-	}
-	binary.BigEndian.PutUint32(req, requestMagic)
-	binary.BigEndian.PutUint16(req[6:], typ)
-	binary.BigEndian.PutUint32(req[24:], PageSize)
-	wire := req
-	if typ != cmdWrite {
-		wire = req[:requestHeaderSize]
+	// 64 requests with pages of fio-like "50% compressible" data whose
+	// compressed sizes vary, so overwrites move objects between size
+	// classes as real traffic does.
+	const variants = 64
+	reqs := make([][]byte, variants)
+	r := rand.New(rand.NewPCG(1, 2))
+	for v := range reqs {
+		req := make([]byte, requestHeaderSize+PageSize)
+		page := req[requestHeaderSize:]
+		for i := range page {
+			page[i] = byte(r.Uint32())
+		}
+		clear(page[:PageSize/4+r.IntN(PageSize/2)])
+		binary.BigEndian.PutUint32(req, requestMagic)
+		binary.BigEndian.PutUint16(req[6:], typ)
+		binary.BigEndian.PutUint32(req[24:], PageSize)
+		reqs[v] = req
 	}
 	replyLen := replyHeaderSize
 	if typ == cmdRead {
@@ -58,11 +66,24 @@ func benchNBD(b *testing.B, typ uint16, depth int) {
 		}
 		done <- nil
 	}()
+	for i := 0; i < pages; i++ { // fill, so reads decompress and writes overwrite
+		req := reqs[i%variants]
+		binary.BigEndian.PutUint16(req[6:], cmdWrite)
+		if err := d.WriteAt(req[requestHeaderSize:], uint64(i)*PageSize); err != nil {
+			b.Fatal(err)
+		}
+		binary.BigEndian.PutUint16(req[6:], typ)
+	}
 	b.SetBytes(PageSize)
 	b.ReportAllocs()
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		tokens <- struct{}{}
+		req := reqs[i%variants]
+		wire := req
+		if typ != cmdWrite {
+			wire = req[:requestHeaderSize]
+		}
 		binary.BigEndian.PutUint64(req[8:], uint64(i))
 		binary.BigEndian.PutUint64(req[16:], uint64(i*7919%pages)*PageSize)
 		if _, err := nc.Write(wire); err != nil {
