@@ -1,0 +1,49 @@
+#!/bin/busybox sh
+# /init of the guest's initramfs (hack/guest-swap.sh packs it with
+# busybox-static and the virtio + 9p modules). It mounts the host's root
+# read-only over 9p, chroots there and runs the scenario named on the kernel
+# command line (GUEST_SCENARIO=, passed to init's environment), so the guest
+# uses the host's nbd-client, mkswap, fio and freshly built binaries.
+# Whatever happens it ends with poweroff, so a failed step never leaves
+# qemu waiting for a timeout.
+set -eu
+set -o pipefail
+
+/bin/busybox --install -s /bin
+export PATH=/bin
+
+finish() {
+	echo "@@ guest-exit rc=$1"
+	sync
+	poweroff -f
+}
+
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+
+# Dependency order of the modules that bring up virtio-pci and 9p.
+for m in virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci netfs fscache 9pnet 9pnet_virtio 9p; do
+	insmod "/modules/$m.ko" || { echo "guest-init: insmod $m failed"; finish 90; }
+done
+
+mkdir -p /mnt
+# The default msize (8 KiB) on purpose: every 9p request allocates two
+# msize buffers, and under swap pressure a large msize turns each reload of
+# an evicted binary page into a high-order allocation that stalls the guest.
+if ! mount -t 9p -o trans=virtio,version=9p2000.L,ro host /mnt; then
+	echo "guest-init: cannot mount the host root over 9p"
+	finish 91
+fi
+mount -t proc proc /mnt/proc
+mount -t sysfs sysfs /mnt/sys
+mount -t devtmpfs devtmpfs /mnt/dev
+# The host's /tmp and /run are hidden by fresh writable tmpfs: the only
+# writable places in the guest.
+mount -t tmpfs tmpfs /mnt/tmp
+mount -t tmpfs tmpfs /mnt/run
+
+rc=0
+chroot /mnt /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root \
+	GUEST_ENV="${GUEST_ENV:-}" /bin/bash "${GUEST_SCENARIO:?}" || rc=$?
+finish "$rc"

@@ -1,0 +1,331 @@
+#!/usr/bin/env bash
+# Runs inside the guest VM that hack/guest-swap.sh boots (through
+# hack/guest-init.sh, chrooted into the host's root over 9p). It swaps a
+# memory workload of about twice the guest's RAM first onto the NBD server
+# (uzram, or nbdkit before uzram can serve) and then onto the guest kernel's
+# own zram, runs fio with verification on both devices, and prints records
+# for the host:
+#   "@@ <name> key=value ..."  one fact; guest-swap.sh builds its table from
+#                              the "@@ summary" records
+#   "## ..."                   narration for the reader
+# Settings come from the file named by GUEST_ENV, written by guest-swap.sh.
+set -euo pipefail
+# shellcheck source=/dev/null
+. "${GUEST_ENV:?}"
+: "${B:?}" "${SERVER:?}" "${DEV_SIZE:?}" "${WORKLOAD:?}" "${NBD_FLAGS:?}" "${FIO_SIZE:?}"
+: "${MEMCHECK_TIMEOUT:=150}" "${FIO_TIMEOUT:=60}" "${PHASES:=uzram zram fio}"
+
+say() { echo "@@ $*"; }
+log() { echo "## $*"; }
+
+SOCK=/run/uzram/uzram0.sock
+SRVLOG=/run/uzram/server.log
+mkdir -p /run/uzram
+srv_pid=
+failed=0
+
+# fail records a failed check and carries on, so one run shows every problem.
+fail() {
+	say "fail what=\"$*\""
+	failed=1
+}
+
+# kernel_news prints (and clears) the kernel log lines that matter here:
+# nbd timeouts and dead connections, I/O errors, the OOM killer.
+kernel_news() {
+	dmesg -c 2>/dev/null | grep -iE 'nbd|zram|i/o error|out of memory|oom|killed process|swap|blocked for more' |
+		sed 's/^/## kernel: /' | head -40 || true
+}
+
+# ---- the NBD server -------------------------------------------------------
+
+start_server() { # $1: phase name, used for nbdkit's stats file
+	rm -f "$SOCK"
+	case $SERVER in
+	uzram)
+		"$B/uzram" serve --size "$DEV_SIZE" --algorithm lz4 --name uzram0 --socket "$SOCK" >"$SRVLOG" 2>&1 &
+		;;
+	nbdkit)
+		# zstd allocator: the stock memory plugin stores pages raw and
+		# cannot be swap for twice the RAM it lives in. The stats filter
+		# records the request mix the kernel sends.
+		nbdkit -f -U "$SOCK" -e uzram0 --filter=stats memory size="$DEV_SIZE" allocator=zstd \
+			statsfile="/run/uzram/stats-$1.txt" statsthreshold=100 >"$SRVLOG" 2>&1 &
+		;;
+	*)
+		echo "unknown SERVER=$SERVER" >&2
+		return 1
+		;;
+	esac
+	srv_pid=$!
+	for _ in $(seq 100); do
+		[ -S "$SOCK" ] && return 0
+		kill -0 "$srv_pid" 2>/dev/null || break
+		sleep 0.1
+	done
+	cat "$SRVLOG"
+	fail "$SERVER did not open $SOCK"
+	return 1
+}
+
+# server_stat prints the server's latest "mm_stat ..." and "io_stat ..."
+# lines after asking for them with SIGUSR1 (uzram only).
+server_stat() {
+	[ "$SERVER" = uzram ] || return 0
+	local n
+	n=$(grep -c '^mm_stat ' "$SRVLOG" || true)
+	kill -USR1 "$srv_pid"
+	for _ in $(seq 50); do
+		[ "$(grep -c '^mm_stat ' "$SRVLOG" || true)" -gt "$n" ] && break
+		sleep 0.1
+	done
+	grep '^mm_stat ' "$SRVLOG" | tail -1
+	grep '^io_stat ' "$SRVLOG" | tail -1
+}
+
+stop_server() {
+	[ -n "$srv_pid" ] || return 0
+	kill -TERM "$srv_pid" 2>/dev/null || true
+	local rc=0
+	wait "$srv_pid" || rc=$?
+	srv_pid=
+	[ "$rc" = 0 ] || fail "$SERVER exited with status $rc"
+	log "$SERVER output:"
+	sed 's/^/##   /' "$SRVLOG"
+}
+
+rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
+
+# io_flusher_threads prints "flagged/total" threads of a process that carry
+# PF_MEMALLOC_NOIO|PF_LOCAL_THROTTLE (what PR_SET_IO_FLUSHER sets).
+io_flusher_threads() {
+	local t flags n=0 total=0
+	for t in /proc/"$1"/task/*/stat; do
+		flags=$(sed 's/.*) //' "$t" | awk '{print $7}')
+		total=$((total + 1))
+		if (((flags & 0x180000) == 0x180000)); then n=$((n + 1)); fi
+	done
+	echo "$n/$total"
+}
+
+attach() {
+	# shellcheck disable=SC2086 # NBD_FLAGS is a list of words
+	nbd-client -unix "$SOCK" -N uzram0 $NBD_FLAGS /dev/nbd0
+	for _ in $(seq 50); do
+		[ "$(cat /sys/block/nbd0/size)" != 0 ] && return 0
+		sleep 0.1
+	done
+	fail "nbd0 did not come up"
+	return 1
+}
+
+detach() {
+	nbd-client -d /dev/nbd0 >/dev/null 2>&1 || true
+	for _ in $(seq 50); do
+		[ "$(cat /sys/block/nbd0/size)" = 0 ] && return 0
+		sleep 0.1
+	done
+}
+
+# ---- the two devices, behind one interface --------------------------------
+
+# dev_mm_stat prints the device's mm_stat columns (no label).
+dev_mm_stat() {
+	case $1 in
+	nbd0) server_stat | awk '/^mm_stat / {$1 = ""; print substr($0, 2)}' ;;
+	zram0) cat /sys/block/zram0/mm_stat ;;
+	esac
+}
+
+dev_io_stat() {
+	case $1 in
+	nbd0) server_stat | awk '/^io_stat / {$1 = ""; print substr($0, 2)}' ;;
+	zram0) cat /sys/block/zram0/io_stat ;;
+	esac
+}
+
+# request_mix prints what the block layer sent the device between two
+# snapshots of /sys/block/DEV/stat: counts and mean sizes of reads, writes,
+# discards, and the number of flushes.
+request_mix() { # $1 name, $2 stat before, $3 stat after
+	awk -v name="$1" -v a="$2" -v b="$3" 'BEGIN {
+		split(a, x, " "); split(b, y, " ")
+		for (i = 1; i <= 17; i++) d[i] = y[i] - x[i]
+		printf "@@ requests dev=%s reads=%d read_avg_kib=%.1f writes=%d write_avg_kib=%.1f discards=%d discard_avg_kib=%.1f discard_mib=%.1f flushes=%d\n",
+			name, d[1], d[1] ? d[3] / 2 / d[1] : 0, d[5], d[5] ? d[7] / 2 / d[5] : 0,
+			d[12], d[12] ? d[14] / 2 / d[12] : 0, d[14] / 2048, d[16]
+	}'
+}
+
+# ---- the memory workload ---------------------------------------------------
+
+# swap_phase NAME DEV: swap on DEV, fill and check WORKLOAD, snapshot the
+# device while full, after the workload freed its memory, after swapoff.
+swap_phase() {
+	local name=$1 dev=$2 mc wd t0 t1 full freed off stat0 stat1 rc=0 mlog=/run/memcheck-$1.log
+	log "$name: swap on /dev/$dev, workload $WORKLOAD in ${GUEST_MEM_MIB} MiB of RAM"
+	mkswap "/dev/$dev" >/dev/null
+	swapon --discard=pages "/dev/$dev"
+	grep . /proc/swaps | sed 's/^/## /'
+	stat0=$(cat "/sys/block/$dev/stat")
+	# Progress every 5 s, so a stall shows where it stalled.
+	(while sleep 5; do
+		awk -v n="$name" '/^(MemFree|SwapTotal|SwapFree):/ {m[$1] = $2}
+			END {printf "## %s: free %d MiB, swap used %d MiB\n", n, m["MemFree:"] / 1024, (m["SwapTotal:"] - m["SwapFree:"]) / 1024}' /proc/meminfo
+	done) &
+	local mon=$!
+	t0=$(date +%s.%N)
+	"$B/memcheck" -size "$WORKLOAD" -hold >"$mlog" 2>&1 &
+	mc=$!
+	# Stream its progress to the console; tail ends when memcheck does.
+	tail -n +1 -f --pid="$mc" "$mlog" | sed -u 's/^/## /' &
+	local tailer=$!
+	# A watchdog rather than timeout(1): memcheck must get our SIGUSR1.
+	(sleep "$MEMCHECK_TIMEOUT" && kill -KILL "$mc" 2>/dev/null && echo "## $name: memcheck killed after ${MEMCHECK_TIMEOUT}s") &
+	wd=$!
+	while kill -0 "$mc" 2>/dev/null && ! grep -q '^memcheck: holding' "$mlog"; do
+		sleep 0.5
+	done
+	t1=$(date +%s.%N)
+	kill "$mon" 2>/dev/null || true
+	full=$(dev_mm_stat "$dev")
+	say "mm_stat dev=$name when=full $full"
+	[ "$dev" = nbd0 ] && say "server dev=$name rss_kib=$(rss_kib "$srv_pid") io_flusher_threads=$(io_flusher_threads "$srv_pid")"
+	kill -USR1 "$mc" 2>/dev/null || true
+	wait "$mc" || rc=$?
+	kill "$wd" 2>/dev/null || true
+	wait "$wd" 2>/dev/null || true
+	wait "$tailer" || true
+	sleep 2 # let swap's discard work run
+	freed=$(dev_mm_stat "$dev")
+	say "mm_stat dev=$name when=after_free $freed"
+	swapoff "/dev/$dev"
+	off=$(dev_mm_stat "$dev")
+	say "mm_stat dev=$name when=after_swapoff $off"
+	say "io_stat dev=$name $(dev_io_stat "$dev")"
+	stat1=$(cat "/sys/block/$dev/stat")
+	request_mix "$name" "$stat0" "$stat1"
+	kernel_news
+
+	local result peak elapsed
+	result=$(sed -n 's/^memcheck: result=\([A-Z]*\).*/\1/p' "$mlog")
+	peak=$(sed -n 's/.*peak_swap_kib=\([0-9]*\).*/\1/p' "$mlog")
+	elapsed=$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.1f", b - a}')
+	[ "$rc" = 0 ] && [ "$result" = PASS ] || {
+		fail "$name: memcheck status $rc result ${result:-none}"
+		result=FAIL
+	}
+	# Ratio while full; pages freed between full and after swapoff (zram:
+	# slot-free notifications; NBD: only TRIM can free them).
+	awk -v name="$name" -v res="$result" -v peak="${peak:-0}" -v el="$elapsed" \
+		-v full="$full" -v freed="$freed" -v off="$off" 'BEGIN {
+		nf = split(full, f, " "); split(freed, r, " "); split(off, o, " ")
+		if (nf < 3) {
+			printf "@@ summary dev=%s memcheck=%s peak_swap_mib=%.0f elapsed_s=%s ratio=n/a stored_mib=n/a mem_used_mib=n/a trim_freed_pages=n/a after_free_mib=n/a after_swapoff_mib=n/a\n", name, res, peak / 1024, el
+			exit
+		}
+		printf "@@ summary dev=%s memcheck=%s peak_swap_mib=%.0f elapsed_s=%s ratio=%.2f stored_mib=%.0f mem_used_mib=%.0f trim_freed_pages=%d after_free_mib=%.1f after_swapoff_mib=%.1f\n",
+			name, res, peak / 1024, el, f[2] ? f[1] / f[2] : 0, f[1] / 1048576, f[3] / 1048576,
+			(f[1] - o[1]) / 4096, r[1] / 1048576, o[1] / 1048576
+	}'
+}
+
+# ---- fio ---------------------------------------------------------------------
+
+# fio_phase NAME DEV: 4k random writes with crc32c verification read back,
+# then 4k random reads verifying the same blocks. Prints IOPS and verdicts.
+fio_phase() {
+	local name=$1 dev=/dev/$2 w r wrc=0 rrc=0 common
+	common="--filename=$dev --bs=4k --size=$FIO_SIZE --ioengine=libaio --iodepth=16 --direct=1
+		--verify=crc32c --verify_fatal=1 --output-format=terse --terse-version=3"
+	log "$name: fio 4k randwrite+verify then randread+verify over $FIO_SIZE of $dev"
+	# shellcheck disable=SC2086 # common is a list of words
+	w=$(timeout "$FIO_TIMEOUT" fio --name=randwrite --rw=randwrite --do_verify=1 $common 2>&1) || wrc=$?
+	# shellcheck disable=SC2086
+	r=$(timeout "$FIO_TIMEOUT" fio --name=randread --rw=randread $common 2>&1) || rrc=$?
+	# Terse v3: field 5 error, 8 read IOPS, 49 write IOPS.
+	local wiops viops riops werr rerr
+	wiops=$(echo "$w" | awk -F';' '/^3;/ {print $49}')
+	viops=$(echo "$w" | awk -F';' '/^3;/ {print $8}')
+	werr=$(echo "$w" | awk -F';' '/^3;/ {print $5}')
+	riops=$(echo "$r" | awk -F';' '/^3;/ {print $8}')
+	rerr=$(echo "$r" | awk -F';' '/^3;/ {print $5}')
+	echo "$w" "$r" | grep -v '^3;' | sed 's/^/## fio: /' | head -20 || true
+	local wv=PASS rv=PASS
+	[ "$wrc" = 0 ] && [ "${werr:-1}" = 0 ] || {
+		wv=FAIL
+		fail "$name: fio randwrite status $wrc error ${werr:-none}"
+	}
+	[ "$rrc" = 0 ] && [ "${rerr:-1}" = 0 ] || {
+		rv=FAIL
+		fail "$name: fio randread status $rrc error ${rerr:-none}"
+	}
+	say "fio dev=$name randwrite_verify=$wv randwrite_iops=${wiops:-0} verify_read_iops=${viops:-0} randread_verify=$rv randread_iops=${riops:-0}"
+	kernel_news
+}
+
+# ---- the run -----------------------------------------------------------------
+
+log "guest up: $(uname -r), $(nproc) CPUs, $(awk '/^MemTotal:/ {print $2}' /proc/meminfo) KiB RAM, server $SERVER"
+dmesg -c >/dev/null 2>&1 || true
+ip link set lo up
+# Prefer swapping anonymous pages to dropping file pages: every binary here
+# comes over 9p, and refaulting code under pressure stalls the guest. Both
+# devices run with this; zram setups commonly use 100 or more.
+sysctl -qw vm.swappiness=100
+# No swap readahead (as zram setups do): under this much pressure pages read
+# ahead are evicted before use, and the guest thrashes to a standstill.
+sysctl -qw vm.page-cluster=0
+# Module autoloading would run the initramfs's modprobe, not this root's:
+# load what the run needs by hand.
+modprobe nbd nbds_max=2
+modprobe lz4
+modprobe lz4_decompress 2>/dev/null || true
+modprobe zram num_devices=1
+
+if [ -x "$B/swapsafe.test" ]; then
+	# The host container lacks CAP_SYS_RESOURCE; the guest's root has it.
+	log "swapsafe unit tests as real root:"
+	if "$B/swapsafe.test" -test.v -test.count=1 2>&1 | sed 's/^/##   /'; then
+		say "swapsafe result=PASS"
+	else
+		fail "swapsafe tests"
+	fi
+fi
+
+has() { case " $PHASES " in *" $1 "*) return 0 ;; esac; return 1; }
+
+if has uzram; then
+	T0=$SECONDS
+	start_server swap
+	attach
+	say "nbd dev=nbd0 flags=\"$NBD_FLAGS\" max_sectors_kb=$(cat /sys/block/nbd0/queue/max_sectors_kb) discard_max_bytes=$(cat /sys/block/nbd0/queue/discard_max_bytes) write_cache=\"$(cat /sys/block/nbd0/queue/write_cache)\""
+	swap_phase uzram nbd0 || fail "uzram swap phase"
+	detach
+	stop_server
+	[ -f /run/uzram/stats-swap.txt ] && sed 's/^/## nbdkit stats (swap): /' /run/uzram/stats-swap.txt
+	say "phase name=uzram_swap seconds=$((SECONDS - T0))"
+fi
+
+echo lz4 >/sys/block/zram0/comp_algorithm
+echo "$DEV_SIZE" >/sys/block/zram0/disksize
+if has zram; then
+	T0=$SECONDS
+	swap_phase zram zram0 || fail "zram swap phase"
+	say "phase name=zram_swap seconds=$((SECONDS - T0))"
+fi
+
+if has fio; then
+	T0=$SECONDS
+	start_server fio
+	attach
+	fio_phase uzram nbd0
+	detach
+	stop_server
+	[ -f /run/uzram/stats-fio.txt ] && sed 's/^/## nbdkit stats (fio): /' /run/uzram/stats-fio.txt
+	fio_phase zram zram0
+	say "phase name=fio seconds=$((SECONDS - T0))"
+fi
+
+say "scenario failed=$failed"
+exit "$failed"

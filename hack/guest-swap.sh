@@ -1,0 +1,170 @@
+#!/usr/bin/env bash
+# guest-swap.sh: prove uzram on the real kernel path. The host kernel has no
+# nbd module, so this boots Debian's kernel under qemu (TCG; KVM hangs here)
+# with a tiny initramfs that chroots into the host's root over 9p, and runs
+# hack/guest-scenario.sh inside: uzram attached with nbd-client as swap under
+# a workload of twice the guest's RAM, the same on the guest kernel's zram,
+# and fio with verification on both. See DESIGN.md section 7.
+#
+# Environment (all optional):
+#   SERVER=auto|uzram|nbdkit  NBD server in the guest (auto: uzram when
+#                             `uzram serve` builds, else nbdkit memory zstd)
+#   GUEST_MEM_MIB=512         guest RAM; device and workload default to 2x
+#   DEV_SIZE, WORKLOAD        e.g. 1G, 1024M
+#   NBD_FLAGS                 nbd-client flags after -unix SOCK -N uzram0
+#   FIO_SIZE=256M             span of the fio jobs
+#   GUEST_TIMEOUT=330         seconds before the whole VM is killed
+#   PHASES="uzram zram fio"   which parts to run (uzram: swap on the server)
+#   KERNEL=/boot/vmlinuz-...  guest kernel (default: the newest Debian one)
+# Prints the guest console, then a summary table; exits non-zero on any
+# failed check, a crash or a hang.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(cd "$here/.." && pwd)
+# Not under /tmp: the guest mounts a tmpfs there and would not see it.
+B=${GUEST_BUILD:-$repo/hack/.build/guest}
+SERVER=${SERVER:-auto}
+GUEST_MEM_MIB=${GUEST_MEM_MIB:-512}
+size_of() { # MiB -> a size string every tool here parses
+	if (($1 % 1024 == 0)); then echo "$(($1 / 1024))G"; else echo "$1M"; fi
+}
+DEV_SIZE=${DEV_SIZE:-$(size_of $((2 * GUEST_MEM_MIB)))}
+WORKLOAD=${WORKLOAD:-$(size_of $((3 * GUEST_MEM_MIB / 2)))}
+# -b 4096: nbd-client's default is 512-byte blocks. -t: a request may take
+# long under TCG and memory pressure; with more than one connection 6.1
+# declares a connection dead after one timeout (default 30 s).
+NBD_FLAGS=${NBD_FLAGS:--b 4096 -connections 2 -t 600 -swap}
+FIO_SIZE=${FIO_SIZE:-256M}
+GUEST_TIMEOUT=${GUEST_TIMEOUT:-330}
+PHASES=${PHASES:-uzram zram fio}
+
+die() {
+	echo "guest-swap: $*" >&2
+	exit 2
+}
+
+for tool in qemu-system-x86_64 nbd-client cpio gzip go; do
+	command -v "$tool" >/dev/null || die "$tool is not installed (apt-get install qemu-system-x86 nbd-client cpio)"
+done
+[ -x /bin/busybox ] || die "/bin/busybox missing (apt-get install busybox-static)"
+if [ -z "${KERNEL:-}" ]; then
+	KERNEL=$(find /boot -maxdepth 1 -name 'vmlinuz-*-amd64' | sort -V | tail -1)
+fi
+[ -r "${KERNEL:-}" ] || die "no Debian kernel in /boot (apt-get install linux-image-amd64)"
+kver=${KERNEL#*/vmlinuz-}
+mods=/lib/modules/$kver
+[ -f "$mods/kernel/drivers/block/nbd.ko" ] || die "$mods has no nbd.ko"
+
+mkdir -p "$B"
+
+# ---- build -------------------------------------------------------------------
+
+# CGO_ENABLED=0: swapsafe needs syscall.AllThreadsSyscall, which cgo binaries
+# refuse; and a static binary needs nothing from the guest.
+export CGO_ENABLED=0
+(cd "$repo" && go build -o "$B/memcheck" ./hack/memcheck)
+(cd "$repo" && go test -c -o "$B/swapsafe.test" ./swapsafe)
+if [ "$SERVER" != nbdkit ]; then
+	if [ -f "$repo/main.go" ] && (cd "$repo" && go build -o "$B/uzram" .) &&
+		"$B/uzram" serve --help >/dev/null 2>&1; then
+		SERVER=uzram
+	elif [ "$SERVER" = uzram ]; then
+		die "SERVER=uzram but \`uzram serve\` does not build"
+	else
+		echo "guest-swap: uzram serve not available yet; using nbdkit memory allocator=zstd"
+		SERVER=nbdkit
+	fi
+fi
+if [ "$SERVER" = nbdkit ]; then
+	command -v nbdkit >/dev/null || die "nbdkit is not installed"
+fi
+
+# ---- initramfs -------------------------------------------------------------------
+
+ird=$B/initramfs
+rm -rf "$ird"
+mkdir -p "$ird"/{bin,dev,proc,sys,mnt,modules}
+cp /bin/busybox "$ird/bin/busybox"
+cp "$here/guest-init.sh" "$ird/init"
+chmod 755 "$ird/init"
+for m in virtio/virtio_ring virtio/virtio virtio/virtio_pci_legacy_dev virtio/virtio_pci_modern_dev \
+	virtio/virtio_pci; do
+	cp "$mods/kernel/drivers/$m.ko" "$ird/modules/"
+done
+cp "$mods/kernel/fs/netfs/netfs.ko" "$mods/kernel/fs/fscache/fscache.ko" "$mods/kernel/fs/9p/9p.ko" \
+	"$mods/kernel/net/9p/9pnet.ko" "$mods/kernel/net/9p/9pnet_virtio.ko" "$ird/modules/"
+(cd "$ird" && find . | cpio -o -H newc --quiet | gzip -1) >"$B/initrd.gz"
+
+cat >"$B/guest.env" <<EOF
+B=$B
+SERVER=$SERVER
+GUEST_MEM_MIB=$GUEST_MEM_MIB
+DEV_SIZE=$DEV_SIZE
+WORKLOAD=$WORKLOAD
+NBD_FLAGS="$NBD_FLAGS"
+FIO_SIZE=$FIO_SIZE
+PHASES="$PHASES"
+EOF
+
+# ---- boot ------------------------------------------------------------------------
+
+echo "guest-swap: kernel $kver, ${GUEST_MEM_MIB} MiB RAM, 2 vCPUs (TCG), server $SERVER, device $DEV_SIZE, workload $WORKLOAD, nbd-client $NBD_FLAGS"
+console=$B/console.log
+start=$SECONDS
+qrc=0
+# Keys without dots on the kernel command line reach /init's environment.
+timeout --kill-after=10 "$GUEST_TIMEOUT" qemu-system-x86_64 \
+	-accel tcg,thread=multi -cpu max -m "$GUEST_MEM_MIB" -smp 2 \
+	-kernel "$KERNEL" -initrd "$B/initrd.gz" \
+	-append "console=ttyS0 loglevel=5 panic=-1 GUEST_SCENARIO=$here/guest-scenario.sh GUEST_ENV=$B/guest.env" \
+	-display none -no-reboot -nic none -monitor none -serial stdio \
+	-virtfs local,path=/,mount_tag=host,security_model=none,readonly=on,multidevs=remap \
+	</dev/null 2>&1 | sed -u "s/\r$//" | tee "$console" || qrc=$?
+elapsed=$((SECONDS - start))
+
+# ---- verdict ---------------------------------------------------------------------
+
+status=0
+if [ "$qrc" = 124 ] || [ "$qrc" = 137 ]; then
+	echo "guest-swap: FAIL: the guest did not finish within ${GUEST_TIMEOUT}s"
+	status=1
+fi
+guest_rc=$(sed -n 's/^@@ guest-exit rc=\([0-9]*\).*/\1/p' "$console" | tail -1)
+if [ "${guest_rc:-none}" != 0 ]; then
+	echo "guest-swap: FAIL: guest scenario exit status ${guest_rc:-missing}"
+	status=1
+fi
+if [[ " $PHASES " == *" uzram "* ]] && ! grep -q '^@@ summary dev=uzram memcheck=PASS' "$console"; then
+	echo "guest-swap: FAIL: no passing memcheck on the NBD server"
+	status=1
+fi
+grep '^@@ fail ' "$console" || true
+
+echo
+echo "== summary (server: $SERVER; guest ${GUEST_MEM_MIB} MiB, workload $WORKLOAD, device $DEV_SIZE; VM ${elapsed}s)"
+# A "@@ summary" and a "@@ fio" record per device, as key=value words.
+awk '
+	function kv(line, m,   n, i, w, p) {
+		delete m; n = split(line, w, " ")
+		for (i = 3; i <= n; i++) { p = index(w[i], "="); if (p) m[substr(w[i], 1, p - 1)] = substr(w[i], p + 1) }
+	}
+	/^@@ summary / { kv($0, s); d = s["dev"]; for (k in s) S[d, k] = s[k]; devs[++nd] = d }
+	/^@@ fio / { kv($0, s); d = s["dev"]; for (k in s) S[d, k] = s[k] }
+	END {
+		fmt = "%-22s %-12s %-12s\n"
+		printf fmt, "", "uzram/nbd", "kernel zram"
+		split("memcheck peak_swap_mib ratio stored_mib mem_used_mib trim_freed_pages after_free_mib after_swapoff_mib elapsed_s randwrite_verify randwrite_iops verify_read_iops randread_verify randread_iops", keys, " ")
+		for (i = 1; i in keys; i++) {
+			k = keys[i]
+			a = ("uzram", k) in S ? S["uzram", k] : "-"
+			b = ("zram", k) in S ? S["zram", k] : "-"
+			printf fmt, k, a, b
+		}
+	}' "$console"
+if [ "$status" = 0 ]; then
+	echo "guest-swap: PASS"
+else
+	echo "guest-swap: FAIL"
+fi
+exit "$status"
