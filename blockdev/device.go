@@ -48,7 +48,6 @@ type Config struct {
 // Device is a compressed RAM block device.
 type Device struct {
 	name   string
-	algo   string
 	size   uint64
 	npages uint64
 	epoch  time.Time
@@ -102,7 +101,7 @@ func New(cfg Config) (*Device, error) {
 	}
 	var err error
 	size := (uint64(cfg.Size) + PageSize - 1) / PageSize * PageSize
-	d := &Device{name: cfg.Name, algo: cfg.Algorithm, size: size, npages: size / PageSize, epoch: time.Now()}
+	d := &Device{name: cfg.Name, size: size, npages: size / PageSize, epoch: time.Now()}
 	d.pages.New = func() any { return new([PageSize]byte) }
 	if d.table, err = newSlotTable(d.npages); err != nil {
 		return nil, err
@@ -128,7 +127,12 @@ func (d *Device) Name() string { return d.name }
 func (d *Device) Size() uint64 { return d.size }
 
 // Algorithm is the primary compression algorithm.
-func (d *Device) Algorithm() string { return d.algo }
+func (d *Device) Algorithm() string {
+	if c := d.comps.current[0].Load(); c != nil {
+		return c.algo
+	}
+	return ""
+}
 
 // Close frees all the device's memory. No I/O may be in flight.
 func (d *Device) Close() error {

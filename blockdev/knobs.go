@@ -30,11 +30,7 @@ func (d *Device) Compact() int64 { return d.store.Compact() }
 // can): new writes use it at once, pages already stored keep decompressing
 // with the pool that compressed them until they are rewritten or freed.
 func (d *Device) SetAlgorithm(algo string, p zcomp.Params, text string) error {
-	if err := d.comps.install(0, algo, p, text); err != nil {
-		return err
-	}
-	d.algo = algo
-	return nil
+	return d.comps.install(0, algo, p, text)
 }
 
 // SetRecompAlgorithm sets the secondary algorithm at priority 1..3 (zram's

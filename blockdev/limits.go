@@ -31,9 +31,6 @@ const (
 	// DefaultHandshakeTimeout bounds the whole negotiation, so clients that
 	// connect and say nothing do not pile up.
 	DefaultHandshakeTimeout = 30 * time.Second
-	// retainLimit bounds the buffer bytes one connection keeps in its free
-	// list between requests (which the budget does not count).
-	retainLimit = 32 << 20
 )
 
 // errQuit means the connection ended while its reader waited for budget.

@@ -26,6 +26,10 @@ type ServerOptions struct {
 	// ReadOnly exports refuse writes with EPERM.
 	ReadOnly bool
 	Logger   *slog.Logger
+	// Observe, if set, is called for every request served with its command
+	// name and the time from reading its header to sending its reply
+	// (metrics). It runs on the reply path: keep it cheap.
+	Observe func(cmd string, d time.Duration)
 
 	// ConnBudget and TotalBudget bound the bytes of request buffers in
 	// flight on one connection and on all of them (limits.go). Defaults
@@ -262,6 +266,14 @@ func (s *Server) serve(c *conn) {
 		return
 	}
 	s.mu.Lock()
+	// Re-check under mu: a reset may have removed the export while this
+	// client negotiated. Either the removal sees this connection attached
+	// and is refused, or this connection sees the export gone.
+	if s.exports[d.Name()] != d {
+		s.mu.Unlock()
+		s.log.Debug("export removed during handshake", "conn", c.id, "export", d.Name())
+		return
+	}
 	c.dev, c.tflags = d, tflags // under mu: Attached reads them
 	s.mu.Unlock()
 	s.log.Debug("client attached", "conn", c.id, "export", d.Name())

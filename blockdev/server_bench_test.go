@@ -18,8 +18,7 @@ func benchNBD(b *testing.B, typ uint16, depth int) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer d.Close()
-	sock := startTestServerTB(b, d)
+	sock := startTestServerTB(b, d) // closes d after the server drains
 	nc, err := net.Dial("unix", sock)
 	if err != nil {
 		b.Fatal(err)

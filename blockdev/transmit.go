@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/bits"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -21,19 +22,57 @@ type request struct {
 	// data goes out with its header in one write, a WRITE's data is read
 	// straight into it.
 	buf []byte
+	// small is the request's own buffer, enough for a 4 KiB page; larger
+	// requests borrow big from a shared pool until their reply is sent, so
+	// a burst of 128 KiB writes does not leave every request of every
+	// connection holding 128 KiB.
+	small []byte
+	big   *[]byte
+	// out is the reply (header and payload) waiting in the send queue.
+	out []byte
 	// cost is the budget it holds until its reply is sent (limits.go).
 	cost int64
+	// start is when its header was read, for ServerOptions.Observe.
+	start time.Time
 }
 
-// keepBuffer bounds the buffer a recycled request keeps: 4 KiB and 128 KiB
-// requests are the common case, 32 MiB ones are rare enough to reallocate.
-const keepBuffer = 1 << 20
+const smallBuffer = replyHeaderSize + PageSize
 
+// bigPools hold buffers of 2^i bytes for requests larger than a page. A
+// sync.Pool gives memory back to the GC when it sits unused.
+var bigPools [27]sync.Pool // up to 2^26 >= MaxRequestSize + header
+
+// grow returns r's buffer with room for the reply header and n bytes.
 func (r *request) grow(n int) []byte {
-	if cap(r.buf) < replyHeaderSize+n {
-		r.buf = make([]byte, replyHeaderSize+n)
+	need := replyHeaderSize + n
+	if need <= smallBuffer {
+		if r.small == nil {
+			r.small = make([]byte, smallBuffer)
+		}
+		r.buf = r.small
+		return r.buf[:need]
 	}
-	return r.buf[:replyHeaderSize+n]
+	if r.big == nil || cap(*r.big) < need {
+		r.releaseBig()
+		i := bits.Len(uint(need - 1))
+		if b, ok := bigPools[i].Get().(*[]byte); ok {
+			r.big = b
+		} else {
+			b := make([]byte, 1<<i)
+			r.big = &b
+		}
+	}
+	r.buf = *r.big
+	return r.buf[:need]
+}
+
+// releaseBig hands a borrowed buffer back to its pool.
+func (r *request) releaseBig() {
+	if r.big != nil {
+		bigPools[bits.Len(uint(cap(*r.big)-1))].Put(r.big)
+		r.big = nil
+	}
+	r.buf = r.small
 }
 
 // Buffer sizes: the handshake's is small so that idle or hostile
@@ -55,13 +94,27 @@ type conn struct {
 	dev    *Device
 	tflags uint16
 
-	wmu    sync.Mutex // one reply at a time on the socket
-	free   chan *request
+	// The free requests, last in first out, so a connection that keeps a
+	// few requests in flight reuses the same few (and their buffers).
+	// tokens counts them: the reader waits on it when the client has
+	// MaxInflight requests out.
+	freeMu sync.Mutex
+	free   []*request
+	tokens chan struct{}
 	work   chan *request
 	broken atomic.Bool
 
-	budget   *budget      // this connection's in-flight request bytes
-	retained atomic.Int64 // buffer bytes kept in the free list
+	// Replies are sent by flat combining: a worker queues its reply, and the
+	// first one to find no sender active sends everything queued with one
+	// writev, including replies queued while it writes. Under load many
+	// replies share a syscall; alone, a reply goes out at once.
+	sendMu  sync.Mutex
+	queue   []*request
+	spare   []*request
+	sending bool
+	iov     net.Buffers // reused: building it allocates nothing
+
+	budget *budget // this connection's in-flight request bytes
 	// The watchdog drops the connection when a request stays half received
 	// or a reply half sent for StallTimeout: it watches these.
 	inRequest, writing atomic.Bool
@@ -97,10 +150,15 @@ func (c *conn) serveTransmission() error {
 	inflight := c.srv.opts.MaxInflight
 	c.budget = newBudget(c.srv.opts.ConnBudget)
 	c.br = bufio.NewReaderSize(c.br, transmitBuffer) // keeps what the handshake buffered
-	c.free = make(chan *request, inflight)
+	c.free = make([]*request, inflight)
+	c.tokens = make(chan struct{}, inflight)
 	c.work = make(chan *request, inflight)
-	for i := 0; i < inflight; i++ {
-		c.free <- &request{}
+	c.queue = make([]*request, 0, inflight)
+	c.spare = make([]*request, 0, inflight)
+	c.iov = make(net.Buffers, 0, inflight)
+	for i := range c.free {
+		c.free[i] = &request{}
+		c.tokens <- struct{}{}
 	}
 	var workers sync.WaitGroup
 	for i := 0; i < c.srv.opts.Workers; i++ {
@@ -108,16 +166,7 @@ func (c *conn) serveTransmission() error {
 		go func() {
 			defer workers.Done()
 			for r := range c.work {
-				c.handle(r)
-				c.budget.release(r.cost)
-				c.srv.total.release(r.cost)
-				r.cost = 0
-				if n := int64(cap(r.buf)); n > keepBuffer || c.retained.Load()+n > retainLimit {
-					r.buf = nil
-				} else {
-					c.retained.Add(n)
-				}
-				c.free <- r
+				c.handle(r) // queues the reply; the sender recycles r
 			}
 		}()
 	}
@@ -175,13 +224,15 @@ func stalledTicks(stalled bool, n int) int {
 
 func (c *conn) readRequests() error {
 	for {
-		var r *request
 		select {
-		case r = <-c.free: // waits when the client has MaxInflight requests out
+		case <-c.tokens: // waits when the client has MaxInflight requests out
 		case <-c.quit:
 			return errQuit
 		}
-		c.retained.Add(-int64(cap(r.buf)))
+		c.freeMu.Lock()
+		r := c.free[len(c.free)-1]
+		c.free = c.free[:len(c.free)-1]
+		c.freeMu.Unlock()
 		// Idle until a request starts: no timeout applies here.
 		if _, err := c.br.Peek(1); err != nil {
 			if errors.Is(err, io.EOF) {
@@ -193,6 +244,9 @@ func (c *conn) readRequests() error {
 		c.inRequest.Store(true)
 		if _, err := io.ReadFull(c.br, r.hbuf[:]); err != nil {
 			return fmt.Errorf("blockdev: nbd: read request: %w", err)
+		}
+		if c.srv.opts.Observe != nil {
+			r.start = time.Now()
 		}
 		hdr, err := ParseRequest(r.hbuf[:])
 		if err != nil {
@@ -293,19 +347,64 @@ func (c *conn) reply(r *request, code uint32, n int) {
 	if code != 0 {
 		buf = buf[:replyHeaderSize] // an error reply carries no payload
 	}
-	c.wmu.Lock()
-	defer c.wmu.Unlock()
-	if c.broken.Load() {
+	r.out = buf
+	c.sendMu.Lock()
+	c.queue = append(c.queue, r)
+	if c.sending {
+		c.sendMu.Unlock() // the active sender will take it
 		return
 	}
-	c.writing.Store(true)
-	_, err := c.nc.Write(buf)
-	c.writing.Store(false)
-	c.replies.Add(1)
-	if err != nil {
-		// The client cannot hear us any more; stop the reader too.
-		c.broken.Store(true)
-		c.stop()
-		c.raw.Close()
+	c.sending = true
+	for len(c.queue) > 0 {
+		batch := c.queue
+		c.queue, c.spare = c.spare[:0], nil
+		c.sendMu.Unlock()
+		c.send(batch)
+		c.sendMu.Lock()
+		c.spare = batch[:0]
 	}
+	c.sending = false
+	c.sendMu.Unlock()
+}
+
+// send writes a batch of replies in one writev and recycles their requests.
+// Only the active sender calls it.
+func (c *conn) send(batch []*request) {
+	if !c.broken.Load() {
+		c.iov = c.iov[:0]
+		for _, r := range batch {
+			c.iov = append(c.iov, r.out)
+		}
+		c.writing.Store(true)
+		_, err := c.iov.WriteTo(c.nc)
+		c.writing.Store(false)
+		c.replies.Add(uint64(len(batch)))
+		if err != nil {
+			// The client cannot hear us any more; stop the reader too.
+			c.broken.Store(true)
+			c.stop()
+			c.raw.Close()
+		}
+	}
+	if obs := c.srv.opts.Observe; obs != nil {
+		now := time.Now()
+		for _, r := range batch {
+			obs(CommandName(r.hdr.Type), now.Sub(r.start))
+		}
+	}
+	for _, r := range batch {
+		c.recycle(r)
+	}
+}
+
+// recycle returns a request whose reply is sent to the free list.
+func (c *conn) recycle(r *request) {
+	c.budget.release(r.cost)
+	c.srv.total.release(r.cost)
+	r.cost, r.out = 0, nil
+	r.releaseBig()
+	c.freeMu.Lock()
+	c.free = append(c.free, r)
+	c.freeMu.Unlock()
+	c.tokens <- struct{}{}
 }

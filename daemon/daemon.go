@@ -131,8 +131,13 @@ func Run(ctx context.Context, cfg Config) error {
 		log.Warn("running without a swap-safety measure", "err", err)
 	}
 	cfg.Server.Logger = log
+	metrics := NewMetrics()
+	if cfg.Metrics != "" {
+		// Latency histograms cost a clock read per request: only when asked.
+		cfg.Server.Observe = metrics.Observe
+	}
 	d := &Daemon{
-		cfg: cfg, log: log, srv: blockdev.NewServer(cfg.Server), metrics: NewMetrics(),
+		cfg: cfg, log: log, srv: blockdev.NewServer(cfg.Server), metrics: metrics,
 		devs: map[string]*entry{}, fatal: make(chan error, 1),
 	}
 	defer d.closeAll()

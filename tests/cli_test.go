@@ -351,6 +351,7 @@ func TestCLIMetrics(t *testing.T) {
 		`uzram_disksize_bytes{device="uzram0"} 16777216`,
 		`uzram_failed_writes_total{device="uzram0"} 0`,
 		`uzram_requests_total{command="write",result="ok"} 5`,
+		`uzram_request_duration_seconds_count{command="write"} 5`,
 	} {
 		if !strings.Contains(string(body), want+"\n") {
 			t.Errorf("metrics lack %q:\n%s", want, body)

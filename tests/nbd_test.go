@@ -31,7 +31,7 @@ func dial(t testing.TB, s *server) *nbdclient.Client {
 func fio(t *testing.T, s *server, args ...string) string {
 	t.Helper()
 	need(t, "fio")
-	base := []string{"--name=uzram", "--ioengine=nbd", "--uri=" + s.uri(), "--output-format=normal"}
+	base := []string{"--name=uzram", "--ioengine=nbd", "--uri=" + s.uri(), "--output-format=normal", "--verify_state_save=0"}
 	out, err := exec.Command("fio", append(base, args...)...).CombinedOutput()
 	if err != nil || strings.Contains(string(out), "verify:") && strings.Contains(string(out), "bad") {
 		t.Fatalf("fio %v: %v\n%s", args, err, out)
