@@ -41,10 +41,34 @@ func unmap(p unsafe.Pointer, n uintptr) {
 // discard gives the pages back to the OS but keeps the address range:
 // MADV_DONTNEED drops them at once (MADV_FREE would leave them in RSS until
 // the kernel is short of memory) and the next touch maps fresh zero pages.
+//
+// A swap server locks its memory (mlockall with MCL_FUTURE|MCL_ONFAULT, see
+// swapsafe), and the kernel refuses MADV_DONTNEED on locked pages with
+// EINVAL. Then the range is unlocked, discarded, and locked again on fault
+// (mlock2 MLOCK_ONFAULT faults nothing in): the memory goes back to the OS
+// and whatever is stored there later is locked again, so the store never
+// pages out to the very swap device it backs.
 func discard(p unsafe.Pointer, n uintptr) {
-	if err := unix.Madvise(unsafe.Slice((*byte)(p), n), unix.MADV_DONTNEED); err != nil {
-		panic(fmt.Sprintf("pagestore: madvise(DONTNEED) %p+%d: %v", p, n, err))
+	b := unsafe.Slice((*byte)(p), n)
+	err := unix.Madvise(b, unix.MADV_DONTNEED)
+	if err == unix.EINVAL {
+		if err = unix.Munlock(b); err == nil {
+			if err = unix.Madvise(b, unix.MADV_DONTNEED); err == nil {
+				err = lockOnFault(p, n)
+			}
+		}
 	}
+	if err != nil {
+		panic(fmt.Sprintf("pagestore: discard %p+%d: %v", p, n, err))
+	}
+}
+
+// lockOnFault is mlock2(MLOCK_ONFAULT), which x/sys/unix does not wrap.
+func lockOnFault(p unsafe.Pointer, n uintptr) error {
+	if _, _, e := unix.Syscall(unix.SYS_MLOCK2, uintptr(p), n, unix.MLOCK_ONFAULT); e != 0 {
+		return fmt.Errorf("mlock2: %w", e)
+	}
+	return nil
 }
 
 // arena is one mapping holding perArena span slots of one length. A slot is
