@@ -47,11 +47,23 @@ func Apply(opts Options) []error {
 // later are cloned from one of those, and the kernel copies PF_MEMALLOC_NOIO
 // and PF_LOCAL_THROTTLE to the child, so they are covered too. A binary
 // linked with cgo may have threads the runtime does not know; there
-// AllThreadsSyscall refuses (ENOTSUP) and nothing is set, since flagging
-// only some threads would look safe without being so: build with
-// CGO_ENABLED=0. On success the result is checked against /proc/self/task.
+// AllThreadsSyscall refuses (ENOTSUP), and a C constructor (early_cgo.go)
+// sets the flag on the first thread before any other exists, for `serve`
+// command lines. Flagging only some threads would look safe without being
+// so, so either way the result is checked against /proc/self/task.
 func applyIOFlusher() error {
 	_, _, errno := syscall.AllThreadsSyscall(unix.SYS_PRCTL, unix.PR_SET_IO_FLUSHER, 1, 0)
+	if errno == syscall.ENOTSUP {
+		tried, err := earlyIOFlusher()
+		switch {
+		case !tried:
+			return fmt.Errorf("swapsafe: PR_SET_IO_FLUSHER: this binary uses cgo and the flag was not set at start-up (only for `serve`), so it cannot be set on every thread")
+		case err != nil:
+			errno = err.(syscall.Errno)
+		default:
+			errno = 0
+		}
+	}
 	switch errno {
 	case 0:
 	case syscall.ENOTSUP:
