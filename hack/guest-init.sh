@@ -43,6 +43,19 @@ mount -t devtmpfs devtmpfs /mnt/dev
 mount -t tmpfs tmpfs /mnt/tmp
 mount -t tmpfs tmpfs /mnt/run
 
+# If the scenario hangs (a swap deadlock stops every process that needs
+# memory or 9p), this loop, run from the initramfs whose pages cannot be
+# evicted, makes any uzram dump its goroutines (Go's SIGQUIT) to the
+# console before the host's timeout kills the VM.
+if [ "${GUEST_QUIT_AFTER:-0}" -gt 0 ]; then
+	(
+		sleep "$GUEST_QUIT_AFTER"
+		echo "guest-init: still running after ${GUEST_QUIT_AFTER}s; SIGQUIT to uzram for its stacks"
+		echo w >/proc/sysrq-trigger
+		for p in $(pidof uzram); do kill -QUIT "$p"; done
+	) &
+fi
+
 rc=0
 chroot /mnt /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root \
 	GUEST_ENV="${GUEST_ENV:-}" /bin/bash "${GUEST_SCENARIO:?}" || rc=$?

@@ -43,7 +43,9 @@ start_server() { # $1: phase name, used for nbdkit's stats file
 	rm -f "$SOCK"
 	case $SERVER in
 	uzram)
-		"$B/uzram" serve --size "$DEV_SIZE" --algorithm lz4 --name uzram0 --socket "$SOCK" >"$SRVLOG" 2>&1 &
+		# stderr to the console: warnings, and the goroutine dump guest-init
+		# asks for when the run hangs, must reach the host.
+		"$B/uzram" serve --size "$DEV_SIZE" --algorithm lz4 --name uzram0 --socket "$SOCK" >"$SRVLOG" 2>/dev/console &
 		;;
 	nbdkit)
 		# zstd allocator: the stock memory plugin stores pages raw and
@@ -276,6 +278,8 @@ sysctl -qw vm.swappiness=100
 # No swap readahead (as zram setups do): under this much pressure pages read
 # ahead are evicted before use, and the guest thrashes to a standstill.
 sysctl -qw vm.page-cluster=0
+# Name blocked tasks early; "echo w" to sysrq (guest-init) prints their stacks.
+sysctl -qw kernel.hung_task_timeout_secs=30
 # Module autoloading would run the initramfs's modprobe, not this root's:
 # load what the run needs by hand.
 modprobe nbd nbds_max=2

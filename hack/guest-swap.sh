@@ -16,6 +16,7 @@
 #   GUEST_TIMEOUT=330         seconds before the whole VM is killed
 #   PHASES="uzram zram fio"   which parts to run (uzram: swap on the server)
 #   KERNEL=/boot/vmlinuz-...  guest kernel (default: the newest Debian one)
+#   GUEST_LOGLEVEL=5          guest console loglevel (7 shows hung-task stacks)
 # Prints the guest console, then a summary table; exits non-zero on any
 # failed check, a crash or a hang.
 set -euo pipefail
@@ -117,7 +118,7 @@ qrc=0
 timeout --kill-after=10 "$GUEST_TIMEOUT" qemu-system-x86_64 \
 	-accel tcg,thread=multi -cpu max -m "$GUEST_MEM_MIB" -smp 2 \
 	-kernel "$KERNEL" -initrd "$B/initrd.gz" \
-	-append "console=ttyS0 loglevel=5 panic=-1 GUEST_SCENARIO=$here/guest-scenario.sh GUEST_ENV=$B/guest.env" \
+	-append "console=ttyS0 loglevel=${GUEST_LOGLEVEL:-5} panic=-1 GUEST_SCENARIO=$here/guest-scenario.sh GUEST_ENV=$B/guest.env GUEST_QUIT_AFTER=$((GUEST_TIMEOUT - 40))" \
 	-display none -no-reboot -nic none -monitor none -serial stdio \
 	-virtfs local,path=/,mount_tag=host,security_model=none,readonly=on,multidevs=remap \
 	</dev/null 2>&1 | sed -u "s/\r$//" | tee "$console" || qrc=$?
