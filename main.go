@@ -65,7 +65,7 @@ func serveCommand() *cli.Command {
 			&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, Usage: "log connections"},
 			&cli.StringFlag{Name: "control", Usage: "control API unix socket (default: control.sock beside the device sockets)"},
 			&cli.StringFlag{Name: "socket-dir", Usage: "directory for the sockets of devices created at runtime (default: --socket's, or /run/uzram)"},
-			&cli.BoolFlag{Name: "no-device", Usage: "start with no device; create them with `uzram --find --size ...`"},
+			&cli.BoolFlag{Name: "no-device", Usage: "start with no device; create them later with: uzram --find --size SIZE"},
 			&cli.StringFlag{Name: "metrics", Usage: "serve Prometheus metrics on [HOST:]PORT (a bare port listens on 127.0.0.1)"},
 			&cli.StringFlag{Name: "state-file", Usage: "restore the device's contents from PATH at start and save them there at shutdown"},
 			&cli.StringFlag{Name: "socket-mode", Value: "0600", Usage: "permission bits of device sockets, octal (0660 lets --socket-group attach)"},

@@ -199,7 +199,7 @@ func TestControlKnobs(t *testing.T) {
 	bad("recomp_algorithm", "priority=1", control.ErrInvalid, "algo= is required")
 	bad("recomp_algorithm", "algo=zstd priority=9", control.ErrInvalid, "want 1..3")
 	bad("recompress", "type=old", control.ErrInvalid, "want idle, huge or huge_idle")
-	bad("recompress", "threshold=5000", control.ErrInvalid, "bad recompress threshold")
+	bad("recompress", "threshold=5000", control.ErrInvalid, `threshold "5000": want bytes`)
 	bad("algorithm_params", "priority=2 level=3", control.ErrInvalid, "no algorithm at priority 2")
 	bad("algorithm_params", "algo=lz4hc level=3", control.ErrInvalid, `uses no algorithm "lz4hc"`)
 	bad("algorithm_params", "level=99", control.ErrInvalid, "level 99 out of range")

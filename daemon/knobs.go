@@ -82,16 +82,16 @@ func (d *Daemon) setKnob(ctx context.Context, name, knob, value string, result *
 			return control.Errorf(control.ErrInvalid, "%s: max_comp_streams: %v", name, err)
 		}
 	case "recomp_algorithm":
-		prio, algo, err := parseRecompAlgorithm(value)
+		a, err := recompress.ParseAlgorithm(value)
 		if err != nil {
-			return err
+			return control.Errorf(control.ErrInvalid, "bad %v", err)
 		}
-		if err := dev.SetRecompAlgorithm(prio, algo, zcomp.Params{}, ""); err != nil {
-			return control.Errorf(control.ErrInvalid, "%s: recomp_algorithm: %v", name, err)
+		if err := a.Apply(dev); err != nil {
+			return control.Errorf(control.ErrInvalid, "%s: %v", name, err)
 		}
 	case "recompress":
-		if err := checkRecompress(value); err != nil {
-			return err
+		if _, err := recompress.Parse(value); err != nil {
+			return control.Errorf(control.ErrInvalid, "bad %v", err)
 		}
 		res, err := recompress.Run(ctx, dev, value, nil)
 		if errors.Is(err, blockdev.ErrNoRecompAlgorithm) {
@@ -125,29 +125,6 @@ func parseIdle(v string) (time.Duration, error) {
 	return time.Duration(n) * time.Second, nil
 }
 
-// zramKV splits zram's "key=value key=value" syntax.
-func zramKV(knob, v string, known ...string) (map[string]string, error) {
-	out := map[string]string{}
-	for _, f := range strings.Fields(v) {
-		k, val, ok := strings.Cut(f, "=")
-		if !ok || val == "" {
-			return nil, control.Errorf(control.ErrInvalid, "bad %s %q: %q is not key=value (keys: %s)", knob, v, f, strings.Join(known, ", "))
-		}
-		found := false
-		for _, kk := range known {
-			found = found || kk == k
-		}
-		if !found {
-			return nil, control.Errorf(control.ErrInvalid, "bad %s %q: unknown key %q (keys: %s)", knob, v, k, strings.Join(known, ", "))
-		}
-		if _, dup := out[k]; dup {
-			return nil, control.Errorf(control.ErrInvalid, "bad %s %q: %s given twice", knob, v, k)
-		}
-		out[k] = val
-	}
-	return out, nil
-}
-
 // maxRecompPrio is zram's ZRAM_MAX_COMPS - 1: priorities 1..3 recompress.
 const maxRecompPrio = 3
 
@@ -162,62 +139,6 @@ func parsePrio(knob, v string, lo int) (int, error) {
 func checkAlgo(knob, algo string) error {
 	if _, err := zcomp.Lookup(algo); err != nil {
 		return control.Errorf(control.ErrInvalid, "bad %s: unknown algorithm %q: want one of %s", knob, algo, strings.Join(zcomp.Names(), ", "))
-	}
-	return nil
-}
-
-// parseRecompAlgorithm reads "algo=NAME [priority=N]"; zram's default
-// priority is 1.
-func parseRecompAlgorithm(v string) (int, string, error) {
-	kv, err := zramKV("recomp_algorithm", v, "algo", "priority")
-	if err != nil {
-		return 0, "", err
-	}
-	algo := kv["algo"]
-	if algo == "" {
-		return 0, "", control.Errorf(control.ErrInvalid, "bad recomp_algorithm %q: algo= is required, like \"algo=zstd priority=1\"", v)
-	}
-	if err := checkAlgo("recomp_algorithm", algo); err != nil {
-		return 0, "", err
-	}
-	prio := 1
-	if s, ok := kv["priority"]; ok {
-		if prio, err = parsePrio("recomp_algorithm", s, 1); err != nil {
-			return 0, "", err
-		}
-	}
-	return prio, algo, nil
-}
-
-// checkRecompress validates zram's recompress syntax.
-func checkRecompress(v string) error {
-	kv, err := zramKV("recompress", v, "type", "threshold", "max_pages", "algo", "priority")
-	if err != nil {
-		return err
-	}
-	if t, ok := kv["type"]; ok && t != "idle" && t != "huge" && t != "huge_idle" {
-		return control.Errorf(control.ErrInvalid, "bad recompress type %q: want idle, huge or huge_idle", t)
-	}
-	if s, ok := kv["threshold"]; ok {
-		n, err := strconv.Atoi(s)
-		if err != nil || n < 0 || n >= blockdev.HugeThreshold {
-			return control.Errorf(control.ErrInvalid, "bad recompress threshold %q: want bytes in 0..%d (0: none)", s, blockdev.HugeThreshold-1)
-		}
-	}
-	if s, ok := kv["max_pages"]; ok {
-		if n, err := strconv.ParseUint(s, 10, 64); err != nil || n == 0 {
-			return control.Errorf(control.ErrInvalid, "bad recompress max_pages %q: want a positive number of pages", s)
-		}
-	}
-	if a, ok := kv["algo"]; ok {
-		if err := checkAlgo("recompress", a); err != nil {
-			return err
-		}
-	}
-	if s, ok := kv["priority"]; ok {
-		if _, err := parsePrio("recompress", s, 1); err != nil {
-			return err
-		}
 	}
 	return nil
 }

@@ -251,7 +251,7 @@ func TestCLIBadInput(t *testing.T) {
 		{[]string{"mem-used-max", "uzram0", "now"}, "mem-used-max takes NAME reset"},
 		{[]string{"idle", "uzram0", "soon"}, "bad idle value \"soon\": want all, or an age in seconds"},
 		{[]string{"recomp-algorithm", "uzram0", "algo=lzo"}, `unknown algorithm "lzo"`},
-		{[]string{"recompress", "uzram0", "type=cold"}, "bad recompress type \"cold\": want idle, huge or huge_idle"},
+		{[]string{"recompress", "uzram0", "type=cold"}, "type \"cold\": want idle, huge or huge_idle"},
 		{[]string{"algorithm-params", "uzram0", "priority=2", "level=1"}, "no algorithm at priority 2"},
 		{[]string{"comp-algorithm", "uzram0", "brotli"}, `unknown algorithm "brotli"`},
 		{[]string{"compact", "uzram0", "now"}, "compact takes only NAME"},
