@@ -7,16 +7,20 @@ import (
 	"github.com/pierrec/lz4/v4"
 )
 
-// lz4Backend is LZ4 block compression (pierrec/lz4), zram's "lz4".
+// lz4Backend is LZ4 block compression, zram's "lz4": our own encoder for
+// inputs up to 64 KiB (lz4page.go), pierrec/lz4's decoder.
 //
 // zram passes its level to LZ4_compress_fast as the acceleration factor, so
-// level N (1..65537) here is the same: pierrec's CompressorCCompat, whose
-// output matches LZ4_compress_fast with that acceleration. The default
-// (level 0) is pierrec's own Compressor instead, which is faster and about as
-// good on 4 KiB pages (DESIGN.md §9).
+// level N (1..65537) here is the same: the initial step between probes of
+// lz4page.go's encoder, which grows with misses exactly as in lz4.c. Level 0
+// (the default) is acceleration 1, as LZ4_compress_default.
+//
+// Inputs over 64 KiB (never a page; only a direct caller could pass one) go
+// to pierrec's Compressor, allocated on first use, whatever the level.
 //
 // Dictionaries are rejected: pierrec/lz4 v4.1.33 can decode against a
-// dictionary (UncompressBlockWithDict) but has no compressor that takes one.
+// dictionary (UncompressBlockWithDict) but has no compressor that takes one,
+// and ours does not either.
 type lz4Backend struct{}
 
 func init() { Register(lz4Backend{}) }
@@ -29,7 +33,7 @@ var errLZ4Dict = errors.New("dictionaries are not supported: pierrec/lz4 v4.1.33
 func (lz4Backend) Name() string { return "lz4" }
 
 func (lz4Backend) ValidateLevel(level int) error {
-	return checkRange("lz4", level, 1, lz4MaxAcceleration, "pierrec's fast compressor; N>=1 is LZ4_compress_fast acceleration N")
+	return checkRange("lz4", level, 1, lz4MaxAcceleration, "acceleration 1; N>=1 is LZ4_compress_fast acceleration N")
 }
 
 func (b lz4Backend) NewContext(p Params) (Context, error) {
@@ -39,39 +43,31 @@ func (b lz4Backend) NewContext(p Params) (Context, error) {
 	if p.Dict != nil {
 		return nil, fmt.Errorf("zcomp: lz4: %w", errLZ4Dict)
 	}
-	if p.Level == 0 {
-		return &lz4Context{}, nil
-	}
-	return &lz4AccelContext{c: lz4.CompressorCCompat{Acceleration: p.Level}}, nil
+	return &lz4Context{accel: max(p.Level, 1)}, nil
 }
 
-// lz4Context keeps the compressor's hash table so a page costs no allocation.
+// lz4Context keeps the encoder's 8 KiB hash table so a page costs no
+// allocation.
 type lz4Context struct {
-	c lz4.Compressor
+	enc   lz4PageEncoder
+	accel int
+	big   *lz4.Compressor // inputs over 64 KiB; nil until one comes
 }
 
 func (c *lz4Context) Compress(dst, src []byte) (int, error) {
+	if len(src) <= lz4PageMaxInput {
+		return c.enc.compress(dst, src, c.accel)
+	}
+	if c.big == nil {
+		c.big = new(lz4.Compressor)
+	}
 	// The capacity cap keeps the compressor inside len(dst) whatever it does.
-	return lz4Result(c.c.CompressBlock(src, dst[:len(dst):len(dst)]))
+	return lz4Result(c.big.CompressBlock(src, dst[:len(dst):len(dst)]))
 }
 
 func (c *lz4Context) Decompress(dst, src []byte) (int, error) { return lz4Decompress(dst, src) }
 
 func (c *lz4Context) Close() {}
-
-// lz4AccelContext is the LZ4_compress_fast-compatible compressor, used when a
-// level (acceleration) is set.
-type lz4AccelContext struct {
-	c lz4.CompressorCCompat
-}
-
-func (c *lz4AccelContext) Compress(dst, src []byte) (int, error) {
-	return lz4Result(c.c.CompressBlock(src, dst[:len(dst):len(dst)]))
-}
-
-func (c *lz4AccelContext) Decompress(dst, src []byte) (int, error) { return lz4Decompress(dst, src) }
-
-func (c *lz4AccelContext) Close() {}
 
 // lz4Result maps pierrec's ways of saying "does not fit" onto ErrNoSpace:
 // n == 0 (with or without a short-buffer error). Compressing a page cannot
