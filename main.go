@@ -18,6 +18,7 @@ import (
 	"github.com/uzram/uzram/blockdev"
 	"github.com/uzram/uzram/control"
 	"github.com/uzram/uzram/daemon"
+	"github.com/uzram/uzram/recompress"
 	"github.com/uzram/uzram/sizes"
 	"github.com/uzram/uzram/streams"
 	"github.com/uzram/uzram/swapsafe"
@@ -75,6 +76,8 @@ func serveCommand() *cli.Command {
 			&cli.StringFlag{Name: "tls-ca", Usage: "PEM CA: clients must present a certificate it signed"},
 			&cli.BoolFlag{Name: "tls-required", Usage: "refuse TCP clients that do not start TLS"},
 			&cli.BoolFlag{Name: "read-only", Usage: "export read-only: writes, trims and zeroes fail with EPERM"},
+			&cli.StringSliceFlag{Name: "recomp-algorithm", Usage: `recompression algorithm of the first device, zram style: "algo=zstd priority=1 [level=N] [dict=PATH]" (repeatable)`},
+			&cli.StringFlag{Name: "auto-recompress", Usage: `recompress idle and huge pages in the background, within a CPU budget: "idle_age=600 interval=60 cpu=0.1 [type=idle,huge] [max_pages=N]" (off unless given; "default" for the defaults)`},
 		},
 		OnUsageError: usageError,
 		Action: func(c *cli.Context) error {
@@ -145,14 +148,35 @@ func serveCommand() *cli.Command {
 			} else if srvOpts.TLSRequired {
 				return fmt.Errorf("--tls-required needs --tls-cert and --tls-key")
 			}
+			var recomp []recompress.Algorithm
+			for _, spec := range c.StringSlice("recomp-algorithm") {
+				a, err := recompress.ParseAlgorithm(spec)
+				if err != nil {
+					return fmt.Errorf("--recomp-algorithm: %w", err)
+				}
+				recomp = append(recomp, a)
+			}
+			var auto *recompress.Policy
+			if spec := c.String("auto-recompress"); spec != "" {
+				if spec == "default" {
+					spec = ""
+				}
+				p, err := recompress.ParsePolicy(spec)
+				if err != nil {
+					return fmt.Errorf("--auto-recompress: %w", err)
+				}
+				auto = &p
+			}
 			if c.String("state-file") != "" && c.Bool("no-device") {
 				return fmt.Errorf("--state-file holds the first device's contents, but --no-device asks for none")
 			}
 			return daemon.Run(context.Background(), daemon.Config{
-				Server:      srvOpts,
-				StateFile:   c.String("state-file"),
-				SocketMode:  sockMode,
-				SocketGroup: c.String("socket-group"),
+				Server:           srvOpts,
+				StateFile:        c.String("state-file"),
+				RecompAlgorithms: recomp,
+				AutoRecompress:   auto,
+				SocketMode:       sockMode,
+				SocketGroup:      c.String("socket-group"),
 				Device: blockdev.Config{
 					Name: name, Size: sizes.RoundPage(size), Algorithm: c.String("algorithm"), Params: params,
 					ParamsText: c.String("algorithm-params"), StreamMode: mode, Streams: c.Int("streams"), MemLimit: limit,

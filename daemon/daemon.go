@@ -29,6 +29,7 @@ import (
 
 	"github.com/uzram/uzram/blockdev"
 	"github.com/uzram/uzram/control"
+	"github.com/uzram/uzram/recompress"
 	"github.com/uzram/uzram/sizes"
 	"github.com/uzram/uzram/streams"
 	"github.com/uzram/uzram/swapsafe"
@@ -65,6 +66,12 @@ type Config struct {
 	// daemon's group (reliability.go).
 	SocketMode  os.FileMode
 	SocketGroup string
+
+	// RecompAlgorithms are set on the first device (zram's recomp_algorithm).
+	RecompAlgorithms []recompress.Algorithm
+	// AutoRecompress, if set, runs the background recompression policy on
+	// every device (beyond zram; off by default).
+	AutoRecompress *recompress.Policy
 }
 
 // DefaultSocketDir holds the default sockets, one per device, and the
@@ -110,6 +117,16 @@ type entry struct {
 	// ops is held shared by knob calls made outside mu and exclusively to
 	// close the device, so a reset never frees a device under a knob.
 	ops sync.RWMutex
+	// policy is the background recompression, if the daemon runs one.
+	policy *recompress.Runner
+}
+
+// close stops the device's background work and frees it.
+func (e *entry) close() error {
+	if e.policy != nil {
+		e.policy.Stop()
+	}
+	return e.dev.Close()
 }
 
 // Run serves until ctx is done or SIGINT/SIGTERM arrives.
@@ -143,8 +160,14 @@ func Run(ctx context.Context, cfg Config) error {
 	defer d.closeAll()
 
 	if !cfg.NoDevice {
-		if _, err := d.add(cfg.Device, cfg.Socket); err != nil {
+		e, err := d.add(cfg.Device, cfg.Socket)
+		if err != nil {
 			return err
+		}
+		for _, a := range cfg.RecompAlgorithms {
+			if err := a.Apply(e.dev); err != nil {
+				return fmt.Errorf("daemon: %s: %w", e.dev.Name(), err)
+			}
 		}
 	} else if cfg.Socket != "" {
 		return errors.New("daemon: a socket was given but no device to serve on it")
@@ -284,7 +307,7 @@ func (d *Daemon) closeAll() {
 			os.Remove(e.socket)
 		}
 		e.ops.Lock() // a knob call that outlived the control server's shutdown
-		e.dev.Close()
+		e.close()
 		e.ops.Unlock()
 	}
 	d.devs, d.order = map[string]*entry{}, nil
@@ -347,6 +370,13 @@ func (d *Daemon) addLocked(cfg blockdev.Config, socket string) (*entry, error) {
 		}
 		e.l = l
 		go d.serve(l, e)
+	}
+	if p := d.cfg.AutoRecompress; p != nil {
+		if e.policy, err = recompress.StartPolicy(dev, *p); err != nil {
+			d.log.Warn("no background recompression", "device", dev.Name(), "err", err)
+		} else {
+			d.log.Info("background recompression", "device", dev.Name(), "policy", e.policy.Status().Policy)
+		}
 	}
 	d.devs[cfg.Name] = e
 	d.order = append(d.order, cfg.Name)
@@ -532,7 +562,7 @@ func (d *Daemon) Remove(name string) error {
 	e.ops.Lock() // wait for knob calls in flight
 	defer e.ops.Unlock()
 	d.log.Info("device reset", "device", name)
-	if err := e.dev.Close(); err != nil {
+	if err := e.close(); err != nil {
 		return fmt.Errorf("daemon: reset %s: %w", name, err)
 	}
 	return nil

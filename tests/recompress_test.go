@@ -6,8 +6,10 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
+	"time"
 )
 
 // recompData is a mixed data set from the machine: text from
@@ -107,5 +109,48 @@ func TestRecompressCLI(t *testing.T) {
 	again, _ := s.stats(t)
 	if again[1] != after[1] {
 		t.Fatalf("second pass changed compr_data_size %d -> %d", after[1], again[1])
+	}
+}
+
+// TestAutoRecompress: with --recomp-algorithm and --auto-recompress the
+// daemon recompresses idle pages by itself, within its CPU budget; the
+// work shows in mm_stat and every byte reads back.
+func TestAutoRecompress(t *testing.T) {
+	s := startServer(t, "--size", "16M", "--recomp-algorithm", "algo=zstd priority=1",
+		"--auto-recompress", "idle_age=0 interval=1 cpu=0.5 type=idle")
+	c := dial(t, s)
+	// Go source: lz4 halves it, zstd does better, as with real text.
+	data := make([]byte, 0, 4<<20)
+	files, _ := filepath.Glob(filepath.Join(runtime.GOROOT(), "src", "net", "http", "*.go"))
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		data = append(data, b[:min(len(b), cap(data)-len(data))]...)
+	}
+	data = data[:len(data)/4096*4096]
+	if len(data) < 1<<20 {
+		t.Fatalf("only %d bytes of Go source found", len(data))
+	}
+	if err := c.WriteAt(data, 0); err != nil {
+		t.Fatal(err)
+	}
+	before, _ := s.stats(t)
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		mm, _ := s.stats(t)
+		if mm[1] < before[1]*95/100 {
+			t.Logf("compr_data_size %d -> %d by the background policy", before[1], mm[1])
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("compr_data_size still %d (was %d) after 20s of auto-recompress\n%s", mm[1], before[1], s.stderr())
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	got := make([]byte, len(data))
+	if err := c.ReadAt(got, 0); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("data changed by background recompression (err %v)", err)
 	}
 }
