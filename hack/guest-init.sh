@@ -1,4 +1,5 @@
 #!/bin/busybox sh
+# shellcheck shell=dash
 # /init of the guest's initramfs (hack/guest-swap.sh packs it with
 # busybox-static and the virtio + 9p modules). It mounts the host's root
 # read-only over 9p, chroots there and runs the scenario named on the kernel

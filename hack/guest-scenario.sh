@@ -45,7 +45,8 @@ start_server() { # $1: phase name, used for nbdkit's stats file
 	uzram)
 		# stderr to the console: warnings, and the goroutine dump guest-init
 		# asks for when the run hangs, must reach the host.
-		"$B/uzram" serve --size "$DEV_SIZE" --algorithm lz4 --name uzram0 --socket "$SOCK" >"$SRVLOG" 2>/dev/console &
+		# shellcheck disable=SC2086 # UZRAM_FLAGS is a list of words
+		"$B/uzram" serve --size "$DEV_SIZE" --algorithm lz4 --name uzram0 --socket "$SOCK" ${UZRAM_FLAGS:-} >"$SRVLOG" 2>/dev/console &
 		;;
 	nbdkit)
 		# zstd allocator: the stock memory plugin stores pages raw and
@@ -114,7 +115,12 @@ attach() {
 	# shellcheck disable=SC2086 # NBD_FLAGS is a list of words
 	nbd-client -unix "$SOCK" -N uzram0 $NBD_FLAGS /dev/nbd0
 	for _ in $(seq 50); do
-		[ "$(cat /sys/block/nbd0/size)" != 0 ] && return 0
+		if [ "$(cat /sys/block/nbd0/size)" != 0 ]; then
+			# Writeback throttling would hold swap writes back behind a
+			# latency target that a userspace server under TCG misses.
+			echo 0 >/sys/block/nbd0/queue/wbt_lat_usec
+			return 0
+		fi
 		sleep 0.1
 	done
 	fail "nbd0 did not come up"
@@ -213,10 +219,10 @@ swap_phase() {
 	result=$(sed -n 's/^memcheck: result=\([A-Z]*\).*/\1/p' "$mlog")
 	peak=$(sed -n 's/.*peak_swap_kib=\([0-9]*\).*/\1/p' "$mlog")
 	elapsed=$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.1f", b - a}')
-	[ "$rc" = 0 ] && [ "$result" = PASS ] || {
+	if [ "$rc" != 0 ] || [ "$result" != PASS ]; then
 		fail "$name: memcheck status $rc result ${result:-none}"
 		result=FAIL
-	}
+	fi
 	# Ratio while full; pages freed between full and after swapoff (zram:
 	# slot-free notifications; NBD: only TRIM can free them).
 	awk -v name="$name" -v res="$result" -v peak="${peak:-0}" -v el="$elapsed" \
@@ -254,14 +260,14 @@ fio_phase() {
 	rerr=$(echo "$r" | awk -F';' '/^3;/ {print $5}')
 	echo "$w" "$r" | grep -v '^3;' | sed 's/^/## fio: /' | head -20 || true
 	local wv=PASS rv=PASS
-	[ "$wrc" = 0 ] && [ "${werr:-1}" = 0 ] || {
+	if [ "$wrc" != 0 ] || [ "${werr:-1}" != 0 ]; then
 		wv=FAIL
 		fail "$name: fio randwrite status $wrc error ${werr:-none}"
-	}
-	[ "$rrc" = 0 ] && [ "${rerr:-1}" = 0 ] || {
+	fi
+	if [ "$rrc" != 0 ] || [ "${rerr:-1}" != 0 ]; then
 		rv=FAIL
 		fail "$name: fio randread status $rrc error ${rerr:-none}"
-	}
+	fi
 	say "fio dev=$name randwrite_verify=$wv randwrite_iops=${wiops:-0} verify_read_iops=${viops:-0} randread_verify=$rv randread_iops=${riops:-0}"
 	kernel_news
 }
@@ -280,6 +286,12 @@ sysctl -qw vm.swappiness=100
 sysctl -qw vm.page-cluster=0
 # Name blocked tasks early; "echo w" to sysrq (guest-init) prints their stacks.
 sysctl -qw kernel.hung_task_timeout_secs=30
+# guest-swap.sh presses alt-sysrq-t through qemu when the run hangs.
+sysctl -qw kernel.sysrq=1
+# Headroom for a userspace swap server: kswapd starts reclaiming well before
+# the min watermark, below which the server's own page faults would wait on
+# the very swap writes they are meant to serve. Kernel zram gets the same.
+sysctl -qw vm.min_free_kbytes=32768 vm.watermark_scale_factor=200
 # Module autoloading would run the initramfs's modprobe, not this root's:
 # load what the run needs by hand.
 modprobe nbd nbds_max=2

@@ -15,6 +15,7 @@
 #   FIO_SIZE=256M             span of the fio jobs
 #   GUEST_TIMEOUT=330         seconds before the whole VM is killed
 #   PHASES="uzram zram fio"   which parts to run (uzram: swap on the server)
+#   UZRAM_FLAGS               extra `uzram serve` flags, e.g. --no-io-flusher
 #   KERNEL=/boot/vmlinuz-...  guest kernel (default: the newest Debian one)
 #   GUEST_LOGLEVEL=5          guest console loglevel (7 shows hung-task stacks)
 # Prints the guest console, then a summary table; exits non-zero on any
@@ -39,6 +40,7 @@ NBD_FLAGS=${NBD_FLAGS:--b 4096 -connections 2 -t 600 -swap}
 FIO_SIZE=${FIO_SIZE:-256M}
 GUEST_TIMEOUT=${GUEST_TIMEOUT:-330}
 PHASES=${PHASES:-uzram zram fio}
+UZRAM_FLAGS=${UZRAM_FLAGS:-}
 
 die() {
 	echo "guest-swap: $*" >&2
@@ -106,6 +108,7 @@ WORKLOAD=$WORKLOAD
 NBD_FLAGS="$NBD_FLAGS"
 FIO_SIZE=$FIO_SIZE
 PHASES="$PHASES"
+UZRAM_FLAGS="$UZRAM_FLAGS"
 EOF
 
 # ---- boot ------------------------------------------------------------------------
@@ -114,15 +117,29 @@ echo "guest-swap: kernel $kver, ${GUEST_MEM_MIB} MiB RAM, 2 vCPUs (TCG), server 
 console=$B/console.log
 start=$SECONDS
 qrc=0
+# The monitor on a pipe pair: 30 s before the timeout, a hung guest gets
+# alt-sysrq-t and -l, which print every task and the busy CPUs' stacks.
+rm -f "$B/mon.in" "$B/mon.out"
+mkfifo "$B/mon.in" "$B/mon.out"
+(
+	sleep $((GUEST_TIMEOUT - 30))
+	# t: every task's state; l: what the busy CPUs are running.
+	printf 'sendkey alt-sysrq-t\nsendkey alt-sysrq-l\n' >"$B/mon.in"
+) &
+sysrq=$!
+cat "$B/mon.out" >/dev/null &
+drain=$!
 # Keys without dots on the kernel command line reach /init's environment.
 timeout --kill-after=10 "$GUEST_TIMEOUT" qemu-system-x86_64 \
 	-accel tcg,thread=multi -cpu max -m "$GUEST_MEM_MIB" -smp 2 \
 	-kernel "$KERNEL" -initrd "$B/initrd.gz" \
 	-append "console=ttyS0 loglevel=${GUEST_LOGLEVEL:-5} panic=-1 GUEST_SCENARIO=$here/guest-scenario.sh GUEST_ENV=$B/guest.env GUEST_QUIT_AFTER=$((GUEST_TIMEOUT - 40))" \
-	-display none -no-reboot -nic none -monitor none -serial stdio \
+	-display none -no-reboot -nic none -serial stdio \
+	-chardev pipe,id=mon,path="$B/mon" -mon chardev=mon,mode=readline \
 	-virtfs local,path=/,mount_tag=host,security_model=none,readonly=on,multidevs=remap \
 	</dev/null 2>&1 | sed -u "s/\r$//" | tee "$console" || qrc=$?
 elapsed=$((SECONDS - start))
+kill "$sysrq" "$drain" 2>/dev/null || true
 
 # ---- verdict ---------------------------------------------------------------------
 
