@@ -9,8 +9,7 @@ import (
 )
 
 // slot is one 4 KiB page's entry: 16 bytes, no pointers, so the table can
-// live in mmap'ed memory that the GC never scans and that costs no RSS until
-// a page is first written (as zram's vzalloc'ed table).
+// live in mmap'ed memory that the GC never scans.
 type slot struct {
 	handle uint64 // pagestore handle, or the fill word of a same-filled page
 	size   uint16 // stored object size in bytes (0 for same-filled/empty)
@@ -47,7 +46,11 @@ func newSlotTable(n uint64) (*slotTable, error) {
 	if n == 0 {
 		return &slotTable{}, nil
 	}
-	mem, err := unix.Mmap(-1, 0, int(n)*slotSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_NORESERVE)
+	// MAP_POPULATE faults the whole table in now, as zram allocates its
+	// table when disksize is set: a swap device's write path must not take a
+	// page fault on its own table while the kernel is short of memory and
+	// waiting for this very write (16 bytes per 4 KiB page: 4 MiB per GiB).
+	mem, err := unix.Mmap(-1, 0, int(n)*slotSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_POPULATE)
 	if err != nil {
 		return nil, fmt.Errorf("blockdev: map slot table for %d pages: %w", n, err)
 	}
