@@ -107,7 +107,10 @@ func New(cfg Config) (*Device, error) {
 		return nil, err
 	}
 	d.slots = d.table.slots
-	if d.store, err = pagestore.New(pagestore.Options{Limit: cfg.MemLimit, AutoCompact: !cfg.NoAutoCompact}); err != nil {
+	// Reserve: the write path takes store memory faulted in ahead by a
+	// refiller, never faulting itself; as swap that fault would wait on the
+	// very swap-out it is serving.
+	if d.store, err = pagestore.New(pagestore.Options{Limit: cfg.MemLimit, AutoCompact: !cfg.NoAutoCompact, Reserve: true}); err != nil {
 		d.table.close()
 		return nil, fmt.Errorf("blockdev: %w", err)
 	}
@@ -362,12 +365,18 @@ func (d *Device) writePageLocked(page uint64, src []byte) error {
 	switch {
 	case err == nil:
 		d.freeLocked(page)
-	case errors.Is(err, pagestore.ErrLimit) && d.overwriteLocked(page, data):
-		// At mem_limit, but the new contents fit the old object's place.
+	case (errors.Is(err, pagestore.ErrLimit) || errors.Is(err, pagestore.ErrNoMem)) && d.overwriteLocked(page, data):
+		// At mem_limit (or out of reserved memory), but the new contents fit
+		// the old object's place.
 		h = pagestore.Handle(d.slots[page].handle)
 		d.forgetLocked(page, false)
 	case errors.Is(err, pagestore.ErrLimit):
 		return fmt.Errorf("%w: write page %d: %v", ErrNoSpace, page, err)
+	case errors.Is(err, pagestore.ErrNoMem):
+		// No memory without a page fault: refuse (ENOSPC over NBD, counted in
+		// failed_writes) rather than fault; the kernel keeps the page and
+		// retries the swap-out later.
+		return fmt.Errorf("%w: write page %d: %w", ErrNoSpace, page, err)
 	default:
 		return fmt.Errorf("blockdev: write page %d: %w", page, err)
 	}

@@ -87,4 +87,50 @@
 // partially filled span per class. With Limit set, Put fails with
 // ErrLimit only when it needs a new span that would pass the limit; objects
 // that fit in free slots are still stored.
+//
+// # Reserve
+//
+// As swap, the store's write path must never page-fault on new memory: when
+// the kernel swaps out through us, the only reclaimable memory is anonymous
+// pages that must go out through this very write, so the fault waits on it
+// (deadlock) or, under PR_SET_IO_FLUSHER, cannot swap and retries forever
+// (livelock). Kernel zram escapes by allocating in the reclaimer's
+// PF_MEMALLOC context; a user process cannot. With Options.Reserve the
+// store works as a mempool: Put takes new spans only from a per-span-length
+// reserve of spans whose pages a background refiller has faulted in (and so,
+// under mlockall MCL_ONFAULT, locked): MADV_POPULATE_WRITE on a whole run of
+// fresh arena slots in one call, or a write to each page before Linux 5.14.
+// Spare span structs and span-table room per class, and the handle table's
+// next 512 KiB chunk, are prepared the same way, so Put neither faults nor
+// allocates on the Go heap. The refiller may block in reclaim: it is not in
+// the write path, and the writes it lets through are what free memory (each
+// 4 KiB page swapped out costs about 2 KiB of store).
+//
+// Sizes: each span length's pool starts with a high watermark of 256 KiB
+// (at least 4 spans) and a low one of half that; 11 span lengths are in use,
+// so about 2.75 MiB in all, faulted in by New. Under swap the kernel writes a
+// few MiB/s, spread over several pools, so that covers tens of milliseconds
+// of a blocked refiller. A Put that finds its pool empty doubles the pool's
+// watermarks (up to 2 MiB per pool, 8 MiB for all), which is what lets a
+// sustained fio stream of one compressibility run at full speed. The refiller
+// runs when a Put takes a pool below its low watermark and fills it to the
+// high one (hysteresis); spans that Free or compaction release go back into
+// the reserve, pages and all, while it is below its high watermark, and only
+// past it are they discarded, so the refiller never faults in what
+// compaction has just given back.
+//
+// Accounting: reserved spans are not in MemUsed (mem_used_total counts what
+// holds objects, as zsmalloc's pages) but reported as Stats.ReserveBytes.
+// The limit is still exact: a span is charged when Put takes it, checked
+// before anything is taken, and the refiller reserves no more spans per pool
+// than the room under the limit could use (so resident memory stays within a
+// pool's share of the limit too).
+//
+// Failure: when a pool (or span structs, or a handle chunk) is not ready, Put
+// drops the class lock, wakes the refiller and polls for up to ReserveWait
+// (20 ms by default; a burst waits well under a millisecond). If the refiller
+// still has not delivered, the system is short of memory: Put fails with
+// ErrNoMem, stores nothing, and the block device answers ENOSPC, counted in
+// failed_writes. The kernel keeps the page and retries its swap-out later,
+// which beats a server that faults and hangs.
 package pagestore

@@ -51,6 +51,12 @@ type handleTable struct {
 	freeHead uint32
 	live     int64
 	chunks   atomic.Int64
+
+	// Reserve mode (reserve.go): ids come only from chunks [0, ready), which
+	// the refiller has faulted in; gen counts resets, which discard chunks.
+	prefault bool
+	ready    uint32
+	gen      uint32
 	dir      [hDirLen]atomic.Pointer[hchunk]
 }
 
@@ -80,29 +86,40 @@ func (t *handleTable) liveEntry(h Handle) (*atomic.Uint64, uint64) {
 	return e, v
 }
 
-func (t *handleTable) alloc() (uint32, error) {
+// alloc returns a free id. In reserve mode it fails with errRefill rather
+// than touch a chunk the refiller has not faulted in, and reports (kick) when
+// the next chunk is now needed ahead.
+func (t *handleTable) alloc() (id uint32, kick bool, err error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if id := t.freeHead; id != 0 {
 		t.freeHead = uint32(t.entry(uint64(id)).Load())
 		t.live++
-		return id, nil
+		return id, false, nil
 	}
-	id := t.next
+	id = t.next
 	if id >= maxHandles {
-		return 0, errHandles
+		return 0, false, errHandles
+	}
+	if t.prefault {
+		if id>>hChunkShift >= t.ready {
+			return 0, true, errRefill
+		}
+		t.next++
+		t.live++
+		return id, id&(hChunkLen-1) == 0, nil
 	}
 	if t.dir[id>>hChunkShift].Load() == nil {
 		p, err := mapAnon(hChunkBytes)
 		if err != nil {
-			return 0, fmt.Errorf("pagestore: growing handle table: %w", err)
+			return 0, false, fmt.Errorf("pagestore: growing handle table: %w", err)
 		}
 		t.dir[id>>hChunkShift].Store((*hchunk)(p))
 		t.chunks.Add(1)
 	}
 	t.next++
 	t.live++
-	return id, nil
+	return id, false, nil
 }
 
 // resetAfter is how many ids must have been issued before an empty table is
@@ -120,8 +137,15 @@ func (t *handleTable) free(id uint32) {
 		// Everything is free: give the table's pages back and start again from
 		// id 1, so an emptied store holds no table memory. Nothing reads a free
 		// entry without this lock, and the chunks stay mapped for lock-free
-		// readers of later handles.
-		for i := range t.dir {
+		// readers of later handles. In reserve mode the first chunk stays
+		// faulted in: the next Put uses it, and must not fault.
+		first := 0
+		if t.prefault {
+			first = 1
+			t.ready = min(t.ready, 1)
+			t.gen++
+		}
+		for i := first; i < hDirLen; i++ {
 			if c := t.dir[i].Load(); c != nil {
 				discard(unsafe.Pointer(c), hChunkBytes)
 			}

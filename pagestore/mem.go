@@ -5,6 +5,7 @@ package pagestore
 import (
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -92,6 +93,14 @@ type spanPool struct {
 	perArena  uint32
 	avail     *arena // arenas with a free slot
 	arenas    map[*arena]struct{}
+
+	// The reserve (reserve.go), in use when the store has Options.Reserve:
+	// spans whose pages are faulted in, handed out by take. Reserved slots
+	// count as used in their arena.
+	reserve   bool
+	res       []resSlot
+	low, high int         // watermarks, in spans
+	dry       atomic.Bool // a Put found res empty since the refiller last looked
 }
 
 func newSpanPool(pages uint32) *spanPool {
@@ -149,12 +158,17 @@ func (p *spanPool) alloc() (unsafe.Pointer, *arena, uint32, error) {
 	return unsafe.Add(a.base, uintptr(slot)*p.spanBytes), a, slot, nil
 }
 
-// release discards a span's pages and returns its slot. The discard runs
+// release discards a span's pages and returns its slot, or, in reserve mode
+// with the reserve below its high watermark, keeps the span (pages and all)
+// in the reserve. The discard runs
 // before the slot goes back on the free stack, outside the lock, so it never
 // zeroes a span someone else has just been given. An arena left empty is
 // unmapped unless it is the pool's last, which is kept (as address space
 // only) so a class hovering at a span boundary does not mmap/munmap each time.
 func (p *spanPool) release(a *arena, slot uint32) {
+	if p.keep(a, slot) {
+		return
+	}
 	discard(unsafe.Add(a.base, uintptr(slot)*p.spanBytes), p.spanBytes)
 	p.mu.Lock()
 	defer p.mu.Unlock()

@@ -40,6 +40,14 @@ type Options struct {
 	// CompactMinBytes is the least reclaimable memory worth an auto
 	// compaction; 0 means DefaultCompactMinBytes.
 	CompactMinBytes int64
+	// Reserve makes Put take new span memory only from a reserve faulted in
+	// ahead of time by a background refiller, and fail with ErrNoMem rather
+	// than fault when the reserve stays empty for ReserveWait: what a swap
+	// device needs (see "Reserve" in the package doc).
+	Reserve bool
+	// ReserveWait bounds a Put's wait for the refiller; 0 means
+	// DefaultReserveWait.
+	ReserveWait time.Duration
 }
 
 const (
@@ -123,6 +131,19 @@ type Store struct {
 	autoRuns  atomic.Int64
 
 	stepHook func(time.Duration) // tests: sees every compaction step's lock hold
+
+	// Reserve mode (reserve.go).
+	reserve      bool
+	reserveWait  time.Duration
+	refillWake   chan struct{}
+	refillStop   chan struct{}
+	refillDone   chan struct{}
+	refillMu     sync.Mutex                           // one refillAll at a time
+	refillHeld   atomic.Bool                          // tests: the refiller ignores wake-ups
+	highTotal    atomic.Int64                         // sum of the pools' high watermarks, bytes
+	reserveWaits atomic.Int64                         // Puts that found something not ready and waited
+	noMem        atomic.Int64                         // Puts failed with ErrNoMem
+	takeHook     func(base unsafe.Pointer, n uintptr) // tests: sees every span taken from the reserve
 }
 
 // New builds an empty store. It maps no memory until the first Put.
@@ -136,7 +157,14 @@ func New(opts Options) (*Store, error) {
 	if opts.CompactMinBytes < 0 {
 		return nil, fmt.Errorf("pagestore: negative compact minimum %d", opts.CompactMinBytes)
 	}
-	s := &Store{auto: opts.AutoCompact, ratio: opts.CompactRatio, minBytes: opts.CompactMinBytes}
+	if opts.ReserveWait < 0 {
+		return nil, fmt.Errorf("pagestore: negative reserve wait %v", opts.ReserveWait)
+	}
+	s := &Store{auto: opts.AutoCompact, ratio: opts.CompactRatio, minBytes: opts.CompactMinBytes,
+		reserve: opts.Reserve, reserveWait: opts.ReserveWait}
+	if s.reserveWait == 0 {
+		s.reserveWait = DefaultReserveWait
+	}
 	if s.ratio == 0 {
 		s.ratio = DefaultCompactRatio
 	}
@@ -156,6 +184,9 @@ func New(opts Options) (*Store, error) {
 		c.size, c.objs, c.pages = ci.size, ci.objs, ci.pages
 		c.spanBytes = int64(ci.pages) * PageSize
 		c.pool = s.pools[ci.pages]
+	}
+	if s.reserve {
+		s.startReserve()
 	}
 	if s.auto {
 		s.wake = make(chan struct{}, 1)
@@ -193,19 +224,32 @@ func (s *Store) Put(data []byte) (Handle, error) {
 	if s.closed.Load() {
 		return 0, ErrClosed
 	}
-	id, err := s.handles.alloc()
+	var until time.Time // end of the wait for the refiller, once one starts
+	id, kick, err := s.handles.alloc()
+	for err == errRefill && s.awaitRefill(&until) {
+		id, kick, err = s.handles.alloc()
+	}
+	if kick {
+		s.kickRefill()
+	}
 	if err != nil {
-		return 0, err
+		return 0, s.refillErr(err)
 	}
 	c := s.classFor(n)
 	c.mu.Lock()
 	sp := c.pickSpan()
-	if sp == nil {
-		if sp, err = s.newSpan(c); err != nil {
-			c.mu.Unlock()
-			s.handles.free(id)
-			return 0, err
+	for sp == nil {
+		if sp, err = s.newSpan(c); err == nil {
+			break
 		}
+		// Wait without the class lock: Reads and Frees of the class go on.
+		c.mu.Unlock()
+		if err != errRefill || !s.awaitRefill(&until) {
+			s.handles.free(id)
+			return 0, s.refillErr(err)
+		}
+		c.mu.Lock()
+		sp = c.pickSpan() // another Put may have opened a span meanwhile
 	}
 	slot := sp.allocSlot(id)
 	copy(s.slotMem(c, sp, slot, n), data)
@@ -287,6 +331,9 @@ func (s *Store) SetLimit(bytes int64) {
 		bytes = 0
 	}
 	s.limit.Store(bytes)
+	if s.reserve {
+		s.kickRefill() // the reserve's size follows the room under the limit
+	}
 }
 
 // Limit returns the MemUsed cap in bytes, 0 if none.
@@ -304,6 +351,10 @@ func (s *Store) Close() error {
 		if s.auto {
 			close(s.stop)
 			<-s.done
+		}
+		if s.reserve {
+			close(s.refillStop)
+			<-s.refillDone
 		}
 		for _, p := range s.pools {
 			if p != nil {
@@ -346,6 +397,9 @@ func (s *Store) charge(n int64) error {
 
 // newSpan maps a span for c and links it in group 0. Called with c.mu held.
 func (s *Store) newSpan(c *class) (*span, error) {
+	if s.reserve {
+		return s.newReservedSpan(c)
+	}
 	if err := s.charge(c.spanBytes); err != nil {
 		return nil, err
 	}
@@ -354,6 +408,42 @@ func (s *Store) newSpan(c *class) (*span, error) {
 		s.memUsed.Add(-c.spanBytes)
 		return nil, err
 	}
+	return c.linkSpan(base, ar, arSlot), nil
+}
+
+// newReservedSpan is newSpan in reserve mode: the memory comes from the
+// pool's reserve and the span struct from c.spare, so it neither faults nor
+// allocates; errRefill when one of them is not ready. The limit is checked
+// before taking anything, so a refused Put leaves no trace (not even in
+// MemUsedMax).
+func (s *Store) newReservedSpan(c *class) (*span, error) {
+	if lim := s.limit.Load(); lim > 0 && s.memUsed.Load()+c.spanBytes > lim {
+		return nil, ErrLimit
+	}
+	if !c.ready() {
+		s.kickRefill()
+		return nil, errRefill
+	}
+	base, ar, arSlot, ok, low := c.pool.take()
+	if low || len(c.spare) <= 1 || len(c.freeIDs) == 0 && cap(c.spans)-len(c.spans) <= 1 {
+		s.kickRefill()
+	}
+	if !ok {
+		return nil, errRefill
+	}
+	if err := s.charge(c.spanBytes); err != nil {
+		c.pool.untake(ar, arSlot)
+		return nil, err
+	}
+	if s.takeHook != nil {
+		s.takeHook(base, uintptr(c.spanBytes))
+	}
+	return c.linkSpan(base, ar, arSlot), nil
+}
+
+// linkSpan sets up a span struct for memory at base and links it in group 0.
+// Called with c.mu held.
+func (c *class) linkSpan(base unsafe.Pointer, ar *arena, arSlot uint32) *span {
 	var sp *span
 	if n := len(c.spare); n > 0 {
 		sp = c.spare[n-1]
@@ -381,7 +471,7 @@ func (s *Store) newSpan(c *class) (*span, error) {
 	c.nspans++
 	sp.group = 0
 	c.push(sp)
-	return sp, nil
+	return sp
 }
 
 // maxSpare bounds the span structs a class keeps for reuse: enough that a
@@ -519,7 +609,12 @@ type Stats struct {
 	// lock, i.e. the worst stall compaction has imposed on that class's I/O.
 	LongestCompactStep time.Duration
 	AutoCompactions    int64 // background compaction runs
-	Classes            []ClassStats
+	// ReserveBytes is span memory faulted in ahead of need (Options.Reserve),
+	// not yet holding objects: resident, but outside MemUsed and the limit.
+	ReserveBytes int64
+	ReserveWaits int64 // Puts that found the reserve empty and waited for the refiller
+	NoMemFails   int64 // Puts failed with ErrNoMem
+	Classes      []ClassStats
 }
 
 // Stats returns a snapshot. Classes are visited one at a time, so under
@@ -535,6 +630,8 @@ func (s *Store) Stats() Stats {
 		HandleTableBytes:   s.handles.mappedBytes(),
 		LongestCompactStep: time.Duration(s.longestStep.Load()),
 		AutoCompactions:    s.autoRuns.Load(),
+		ReserveWaits:       s.reserveWaits.Load(),
+		NoMemFails:         s.noMem.Load(),
 	}
 	meta := st.HandleTableBytes + int64(len(s.classes))*int64(unsafe.Sizeof(class{}))
 	for i := range s.classes {
@@ -556,6 +653,7 @@ func (s *Store) Stats() Stats {
 	for _, p := range s.pools {
 		if p != nil {
 			meta += p.metaBytes()
+			st.ReserveBytes += p.reserveBytes()
 		}
 	}
 	st.MetadataBytes = meta
