@@ -4,6 +4,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -353,6 +354,47 @@ func knobCommand(name, knob, usage, argsUsage string, nargs int, value func(args
 
 func joined(args []string) (string, error) { return strings.Join(args, " "), nil }
 
+// recompressCommand is the recompress knob with a progress bar on stderr
+// when it is a terminal (or with --progress).
+func recompressCommand() *cli.Command {
+	cmd := knobCommand("recompress", "recompress", "recompress idle or huge pages", `"type=idle|huge|huge_idle threshold=N max_pages=N"`, 1, joined)
+	cmd.Flags = []cli.Flag{&cli.BoolFlag{Name: "progress", Usage: "show progress even when stderr is not a terminal"}}
+	plain := cmd.Action
+	cmd.Action = func(c *cli.Context) error {
+		tty := isTerminal(os.Stderr)
+		if !tty && !c.Bool("progress") {
+			return plain(c)
+		}
+		args := c.Args().Slice()
+		if len(args) < 2 {
+			return plain(c) // its usage error
+		}
+		bar := recompress.NewBar(os.Stderr, true)
+		var last recompress.Result
+		res, err := client(c).SetKnobProgress(args[0], "recompress", strings.Join(args[1:], " "), func(raw json.RawMessage) {
+			if json.Unmarshal(raw, &last) == nil {
+				bar.Update(last)
+			}
+		})
+		if err != nil {
+			if last.Done > 0 {
+				fmt.Fprintln(os.Stderr)
+			}
+			return err
+		}
+		fmt.Fprintf(os.Stderr, "\r%s\x1b[K\n", recompress.FormatProgress(last, 32))
+		fmt.Println(res)
+		return nil
+	}
+	return cmd
+}
+
+// isTerminal reports whether f is a character device (a terminal).
+func isTerminal(f *os.File) bool {
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
+}
+
 func one(what string) func([]string) (string, error) {
 	return func(args []string) (string, error) {
 		if len(args) != 1 {
@@ -391,7 +433,7 @@ func clientCommands() []*cli.Command {
 		knobCommand("compact", "compact", "give sparse store memory back to the OS", "", 0, func([]string) (string, error) { return "1", nil }),
 		knobCommand("idle", "idle", "mark pages idle: all, or those untouched for SECONDS", "all|SECONDS", 1, one("all or SECONDS")),
 		knobCommand("recomp-algorithm", "recomp_algorithm", "set a recompression algorithm", `"algo=zstd priority=1"`, 1, joined),
-		knobCommand("recompress", "recompress", "recompress idle or huge pages", `"type=idle|huge|huge_idle threshold=N max_pages=N"`, 1, joined),
+		recompressCommand(),
 		knobCommand("algorithm-params", "algorithm_params", "set an algorithm's parameters", `"[priority=N|algo=NAME] level=N dict=PATH"`, 1, joined),
 		knobCommand("comp-algorithm", "comp_algorithm", "switch the primary algorithm (stored pages keep theirs)", "ALGORITHM [level=N ...]", 1, joined),
 		knobCommand("max-comp-streams", "max_comp_streams", "set the number of compression streams (0: one per CPU)", "N", 1, one("stream count")),

@@ -103,6 +103,10 @@ func Handler(m Manager) http.Handler {
 		if !readJSON(w, r, &req) {
 			return
 		}
+		if r.Header.Get(ProgressHeader) != "" {
+			streamKnob(w, r, m, r.PathValue("name"), knob, req.Value)
+			return
+		}
 		res, err := m.SetKnob(r.Context(), r.PathValue("name"), knob, req.Value)
 		if err != nil {
 			writeError(w, err)

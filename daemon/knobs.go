@@ -93,7 +93,11 @@ func (d *Daemon) setKnob(ctx context.Context, name, knob, value string, result *
 		if _, err := recompress.Parse(value); err != nil {
 			return control.Errorf(control.ErrInvalid, "bad %v", err)
 		}
-		res, err := recompress.Run(ctx, dev, value, nil)
+		var progress func(recompress.Result)
+		if fn := control.ProgressFrom(ctx); fn != nil {
+			progress = func(r recompress.Result) { fn(r) }
+		}
+		res, err := recompress.Run(ctx, dev, value, progress)
 		if errors.Is(err, blockdev.ErrNoRecompAlgorithm) {
 			return control.Errorf(control.ErrInvalid, "%s: recompress: %v", name, err)
 		}

@@ -78,7 +78,13 @@ func TestRecompressCLI(t *testing.T) {
 	}
 	cliOK(t, s, "recomp-algorithm", s.Name, "algo=zstd priority=1")
 	cliOK(t, s, "idle", s.Name, "all")
-	cliOK(t, s, "recompress", s.Name, "type=idle")
+	// --progress draws the bar it draws on a terminal: progress streams from
+	// the daemon while it works, then the result goes to stdout.
+	out, errOut, code = cli(t, s, "recompress", "--progress", s.Name, "type=idle")
+	if code != 0 || !strings.Contains(errOut, "recompress: [") || !strings.Contains(errOut, "100%") ||
+		!strings.Contains(out, "recompressed") {
+		t.Fatalf("recompress --progress: exit %d, stdout %q, stderr %q", code, out, errOut)
+	}
 	after, _ := s.stats(t)
 	t.Logf("mm_stat before: %v", before)
 	t.Logf("mm_stat after:  %v", after)
