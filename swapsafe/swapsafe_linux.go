@@ -88,11 +88,17 @@ func applyIOFlusher() error {
 // applyMlock locks the process's memory. Without MCL_ONFAULT, MCL_FUTURE
 // would populate every new mapping in full, including the Go runtime's arena
 // reservations; with it only touched pages are locked (Linux 4.4+).
+//
+// MCL_ONFAULT alone leaves the binary's code that has not run yet on disk:
+// in the guest VM (hack/guest-swap.sh) the server, serving its first swap
+// writes with memory exhausted, took a page fault on its own text
+// (filemap_fault) and spun in direct reclaim for good. So the file-backed
+// mappings (text, rodata, data of the binary and any shared library) are
+// then locked with mlock, which reads them in now.
 func applyMlock() error {
 	err := unix.Mlockall(unix.MCL_CURRENT | unix.MCL_FUTURE | unix.MCL_ONFAULT)
 	switch {
 	case err == nil:
-		return nil
 	case errors.Is(err, unix.EPERM), errors.Is(err, unix.ENOMEM):
 		return fmt.Errorf("swapsafe: mlockall: %w (needs CAP_IPC_LOCK or a larger RLIMIT_MEMLOCK)", err)
 	case errors.Is(err, unix.EINVAL):
@@ -100,6 +106,40 @@ func applyMlock() error {
 	default:
 		return fmt.Errorf("swapsafe: mlockall: %w", err)
 	}
+	if err := populateFileMappings(); err != nil {
+		return fmt.Errorf("swapsafe: memory locked on fault, but the binary's pages are not all in: %w", err)
+	}
+	return nil
+}
+
+// populateFileMappings mlocks (and so reads in) every file-backed mapping
+// listed in /proc/self/maps.
+func populateFileMappings() error {
+	b, err := os.ReadFile("/proc/self/maps")
+	if err != nil {
+		return err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		// "start-end perms offset dev inode path"; a path starting with
+		// "/" is a file ([heap], [stack], [vdso] and anonymous ones are not).
+		f := strings.Fields(line)
+		if len(f) < 6 || !strings.HasPrefix(f[5], "/") {
+			continue
+		}
+		lo, hi, ok := strings.Cut(f[0], "-")
+		if !ok {
+			continue
+		}
+		start, err1 := strconv.ParseUint(lo, 16, 64)
+		end, err2 := strconv.ParseUint(hi, 16, 64)
+		if err1 != nil || err2 != nil || end <= start {
+			continue
+		}
+		if _, _, errno := unix.Syscall(unix.SYS_MLOCK, uintptr(start), uintptr(end-start), 0); errno != 0 {
+			return fmt.Errorf("mlock %s %s: %w", f[0], f[5], errno)
+		}
+	}
+	return nil
 }
 
 // applyOOMScoreAdj makes the OOM killer skip this process.

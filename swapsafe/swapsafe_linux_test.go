@@ -241,6 +241,43 @@ func TestMlockOnFault(t *testing.T) {
 	if err := unix.Madvise(m, unix.MADV_DONTNEED); !errors.Is(err, unix.EINVAL) {
 		t.Errorf("madvise(MADV_DONTNEED) on locked memory = %v, want EINVAL: the mapping is not locked", err)
 	}
+
+	// The binary's own code must be resident and locked, not just locked
+	// on fault: /proc/self/smaps shows Locked == Rss == Size for its text.
+	sm, err := os.ReadFile("/proc/self/smaps")
+	if err != nil {
+		t.Fatal(err)
+	}
+	exe, _ := os.Executable()
+	var inExe bool
+	var tsize, rss, locked int
+	checked := 0
+	for _, l := range strings.Split(string(sm), "\n") {
+		f := strings.Fields(l)
+		if len(f) >= 6 && strings.Contains(f[0], "-") {
+			inExe = f[5] == exe && strings.Contains(f[1], "x")
+			continue
+		}
+		if !inExe || len(f) < 2 {
+			continue
+		}
+		v, _ := strconv.Atoi(f[1])
+		switch f[0] {
+		case "Size:":
+			tsize = v
+		case "Rss:":
+			rss = v
+		case "Locked:":
+			locked = v
+			checked++
+			if rss < tsize || locked < tsize {
+				t.Errorf("text of %s: Size %d kB, Rss %d kB, Locked %d kB: not all read in and locked", exe, tsize, rss, locked)
+			}
+		}
+	}
+	if checked == 0 {
+		t.Errorf("no executable mapping of %s found in /proc/self/smaps", exe)
+	}
 }
 
 func TestOOMScoreAdj(t *testing.T) {
