@@ -85,9 +85,10 @@ const (
 // conn is one client connection.
 type conn struct {
 	srv *Server
-	nc  net.Conn // the stream: the socket, or TLS over it after STARTTLS
-	raw net.Conn // the socket itself: deadlines and Close
-	br  *bufio.Reader
+	nc  net.Conn      // the stream: the socket, or TLS over it after STARTTLS
+	raw net.Conn      // the socket itself: deadlines and Close
+	br  *bufio.Reader // the handshake's
+	rx  *rxBuffer     // transmission's: prefaulted
 	id  uint64
 	tls bool // STARTTLS done
 
@@ -149,7 +150,7 @@ func (c *conn) setDeadline(t time.Time) {
 func (c *conn) serveTransmission() error {
 	inflight := c.srv.opts.MaxInflight
 	c.budget = newBudget(c.srv.opts.ConnBudget)
-	c.br = bufio.NewReaderSize(c.br, transmitBuffer) // keeps what the handshake buffered
+	c.rx = newRxBuffer(c.br, transmitBuffer) // reads through what the handshake buffered
 	c.free = make([]*request, inflight)
 	c.tokens = make(chan struct{}, inflight)
 	c.work = make(chan *request, inflight)
@@ -157,7 +158,10 @@ func (c *conn) serveTransmission() error {
 	c.spare = make([]*request, 0, inflight)
 	c.iov = make(net.Buffers, 0, inflight)
 	for i := range c.free {
-		c.free[i] = &request{}
+		// Every request's page buffer exists, touched, before the first
+		// request: the kernel sends swap I/O as single pages.
+		c.free[i] = &request{small: make([]byte, smallBuffer)}
+		prefault(c.free[i].small)
 		c.tokens <- struct{}{}
 	}
 	var workers sync.WaitGroup
@@ -234,7 +238,7 @@ func (c *conn) readRequests() error {
 		c.free = c.free[:len(c.free)-1]
 		c.freeMu.Unlock()
 		// Idle until a request starts: no timeout applies here.
-		if _, err := c.br.Peek(1); err != nil {
+		if err := c.rx.waitData(); err != nil {
 			if errors.Is(err, io.EOF) {
 				return nil // client closed between requests
 			}
@@ -242,7 +246,7 @@ func (c *conn) readRequests() error {
 		}
 		c.reqSeq.Add(1)
 		c.inRequest.Store(true)
-		if _, err := io.ReadFull(c.br, r.hbuf[:]); err != nil {
+		if _, err := io.ReadFull(c.rx, r.hbuf[:]); err != nil {
 			return fmt.Errorf("blockdev: nbd: read request: %w", err)
 		}
 		if c.srv.opts.Observe != nil {
@@ -265,7 +269,7 @@ func (c *conn) readRequests() error {
 			c.reqSeq.Add(1)
 			c.inRequest.Store(true)
 			buf := r.grow(n)
-			if _, err := io.ReadFull(c.br, buf[replyHeaderSize:]); err != nil {
+			if _, err := io.ReadFull(c.rx, buf[replyHeaderSize:]); err != nil {
 				c.budget.release(r.cost)
 				c.srv.total.release(r.cost)
 				return fmt.Errorf("blockdev: nbd: read %d byte write payload: %w", n, err)
