@@ -24,12 +24,16 @@ var errRefill = errors.New("pagestore: reserve empty")
 
 const (
 	// DefaultReserveWait is how long a Put that finds the reserve empty waits
-	// for the refiller before failing with ErrNoMem. A burst (fio, a
-	// benchmark) that drains a pool waits well under a millisecond for the
-	// refill; a refiller stuck in reclaim for longer than this means the
-	// system is out of memory, and then a failed write (which the kernel
-	// retries later) is better than a server that faults and hangs.
-	DefaultReserveWait = 20 * time.Millisecond
+	// for the refiller to make any progress before failing with ErrNoMem. A
+	// refiller faulting pages in delivers a run every fraction of a
+	// millisecond; one that delivers nothing for this long is stuck in
+	// reclaim (the system is out of memory), and then a refused write, which
+	// the kernel retries later, is better than a server that faults and
+	// hangs. It is not a few milliseconds because the refiller is one
+	// goroutine among the server's compressing ones on a possibly busy
+	// machine: on 2 shared cores a full-speed fio saw it unscheduled for over
+	// 20 ms, and those writes must not fail.
+	DefaultReserveWait = 100 * time.Millisecond
 
 	// reserveBaseBytes is each pool's high watermark to start with; low is
 	// half of high. 11 span lengths are in use (6..16 pages), so the reserve
@@ -49,6 +53,9 @@ const (
 	reserveTotalMax = 8 << 20
 	// reservePoll is how often a waiting Put looks again.
 	reservePoll = 100 * time.Microsecond
+	// reserveWaitCap bounds a Put's wait, in ReserveWaits, even while the
+	// refiller makes progress (but others take all it adds).
+	reserveWaitCap = 10
 	// classHeadroom is how many span structs (and span-table entries) each
 	// class keeps ready so newSpan allocates nothing on the Go heap.
 	classHeadroom = 2
@@ -185,7 +192,7 @@ func (p *spanPool) unlinkIfFull(a *arena) {
 
 // refill faults spans in until the reserve holds target. It runs in the
 // refiller only; the faults happen outside p.mu so Put and Free go on.
-func (p *spanPool) refill(target int) error {
+func (p *spanPool) refill(s *Store, target int) error {
 	for {
 		p.mu.Lock()
 		need := target - len(p.res)
@@ -204,6 +211,7 @@ func (p *spanPool) refill(target int) error {
 			p.res = append(p.res, resSlot{a, first + uint32(i)})
 		}
 		p.mu.Unlock()
+		s.refilled.Add(1)
 	}
 }
 
@@ -262,15 +270,33 @@ func (s *Store) kickRefill() {
 	}
 }
 
+// refillWait is one Put's wait for the refiller.
+type refillWait struct {
+	stall    time.Time // fail once the refiller has made no progress until then
+	cap      time.Time // and in any case then
+	progress int64     // s.refilled when last seen
+}
+
 // awaitRefill is Put's wait for the refiller: it wakes it and sleeps one
-// poll interval, reporting false once the wait that started at the first
-// call (*until is zero until then) has passed ReserveWait.
-func (s *Store) awaitRefill(until *time.Time) bool {
+// poll interval, reporting false once the refiller has made no progress for
+// ReserveWait (it is stuck in reclaim: the system is out of memory), or the
+// wait has lasted reserveWaitCap. While the refiller delivers, other Puts
+// may take what it adds first, and this one keeps waiting its turn: a burst
+// on a busy machine must not see failures a swap storm would.
+func (s *Store) awaitRefill(w *refillWait) bool {
 	now := time.Now()
-	if until.IsZero() {
-		*until = now.Add(s.reserveWait)
+	p := s.refilled.Load()
+	switch {
+	case w.cap.IsZero():
+		w.cap = now.Add(reserveWaitCap * s.reserveWait)
 		s.reserveWaits.Add(1)
-	} else if now.After(*until) {
+		fallthrough
+	case p != w.progress:
+		w.stall, w.progress = now.Add(s.reserveWait), p
+	case now.After(w.stall):
+		return false
+	}
+	if now.After(w.cap) {
 		return false
 	}
 	s.kickRefill()
@@ -296,50 +322,65 @@ func (s *Store) refillLoop() {
 }
 
 // refillAll tops up everything Put may need: the handle table's next chunk,
-// each class's spare span structs, and each pool's reserve (pools below
-// their low watermark, or all of them when full is set, to their high one).
+// spare span structs of the classes that asked (all with full), and each
+// pool's reserve: pools below their low watermark (all with full) to their
+// high one, pools a Put found empty first.
 func (s *Store) refillAll(full bool) {
 	s.refillMu.Lock() // tests call it beside the refiller
 	defer s.refillMu.Unlock()
-	s.handles.prepare()
+	s.handles.prepare(s)
 	for i := range s.classes {
-		s.classes[i].prepare()
-	}
-	for _, p := range s.pools {
-		if p == nil {
-			continue
+		if c := &s.classes[i]; c.needPrep.Swap(false) || full {
+			c.prepare()
+			s.refilled.Add(1)
 		}
-		p.mu.Lock()
-		dry := p.dry.Swap(false)
-		if dry && s.highTotal.Load()+int64(p.high)*int64(p.spanBytes) <= reserveTotalMax {
-			// A Put found this pool empty: the stream outran the watermarks.
-			if nh := min(2*p.high, int(reservePoolMax/p.spanBytes)); nh > p.high {
-				s.highTotal.Add(int64(nh-p.high) * int64(p.spanBytes))
-				p.high, p.low = nh, nh/2
+	}
+	for pass := 0; pass < 2; pass++ {
+		for _, p := range s.pools {
+			if p != nil {
+				s.refillPool(p, pass == 0, full)
 			}
 		}
-		n, low, high := len(p.res), p.low, p.high
-		p.mu.Unlock()
-		if n >= low && !full && !dry {
-			continue
-		}
-		target := high
-		if lim := s.limit.Load(); lim > 0 {
-			// Reserve no more than a new span could use under the limit;
-			// SetLimit wakes the refiller when the limit moves.
-			head := max(lim-s.memUsed.Load(), 0)
-			target = min(target, int((head+int64(p.spanBytes)-1)/int64(p.spanBytes)))
-		}
-		// A failure (mmap refused) leaves the pool short; the next Put that
-		// needs it waits and, if the refiller still cannot help, fails.
-		_ = p.refill(target)
 	}
+}
+
+// refillPool fills p to its high watermark if it is below its low one (or
+// full is set). The urgent pass only serves pools that a Put found empty.
+func (s *Store) refillPool(p *spanPool, urgent, full bool) {
+	p.mu.Lock()
+	dry := p.dry.Load() || len(p.res) == 0
+	if urgent != dry {
+		p.mu.Unlock()
+		return
+	}
+	if p.dry.Swap(false) && s.highTotal.Load()+int64(p.high)*int64(p.spanBytes) <= reserveTotalMax {
+		// A Put found this pool empty: the stream outran the watermarks.
+		if nh := min(2*p.high, int(reservePoolMax/p.spanBytes)); nh > p.high {
+			s.highTotal.Add(int64(nh-p.high) * int64(p.spanBytes))
+			p.high, p.low = nh, nh/2
+		}
+	}
+	n, low, high := len(p.res), p.low, p.high
+	p.mu.Unlock()
+	if n >= low && !full && !dry {
+		return
+	}
+	target := high
+	if lim := s.limit.Load(); lim > 0 {
+		// Reserve no more than a new span could use under the limit;
+		// SetLimit wakes the refiller when the limit moves.
+		head := max(lim-s.memUsed.Load(), 0)
+		target = min(target, int((head+int64(p.spanBytes)-1)/int64(p.spanBytes)))
+	}
+	// A failure (mmap refused) leaves the pool short; the next Put that
+	// needs it waits and, if the refiller still cannot help, fails.
+	_ = p.refill(s, target)
 }
 
 // prepare faults in the handle table's chunks ahead of the next id: the
 // current one and the one after it, so Put never touches an unfaulted entry.
 // Only the refiller (and New) call it.
-func (t *handleTable) prepare() {
+func (t *handleTable) prepare(s *Store) {
 	for {
 		t.mu.Lock()
 		want := min(t.next>>hChunkShift+2, hDirLen)
@@ -369,6 +410,7 @@ func (t *handleTable) prepare() {
 			t.ready++
 		}
 		t.mu.Unlock()
+		s.refilled.Add(1)
 	}
 }
 

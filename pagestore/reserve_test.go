@@ -2,6 +2,7 @@ package pagestore
 
 import (
 	"errors"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -363,5 +364,36 @@ func TestReserveBoost(t *testing.T) {
 	}
 	if n := reservedSpans(p); n != p.high {
 		t.Fatalf("reserve %d spans, high %d", n, p.high)
+	}
+}
+
+// TestReserveBurst: Puts from several goroutines at full speed (far faster
+// than swap writes) wait for the refiller now and then but never fail.
+func TestReserveBurst(t *testing.T) {
+	s := newStore(t, Options{Reserve: true})
+	var wg sync.WaitGroup
+	per := 60000
+	if testing.Short() {
+		per = 10000
+	}
+	for g := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			buf := make([]byte, MaxObjectSize)
+			for i := range per {
+				n := 1800 + (i*7+g)%600 // one hot pool, as fio's half-compressible pages
+				if _, err := s.Put(buf[:n]); err != nil {
+					t.Errorf("put %d: %v", i, err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	st := s.Stats()
+	t.Logf("MemUsed %d MiB, %d waits, reserve %d KiB", st.MemUsed>>20, st.ReserveWaits, st.ReserveBytes>>10)
+	if st.NoMemFails != 0 {
+		t.Fatalf("%d Puts failed with ErrNoMem", st.NoMemFails)
 	}
 }

@@ -90,10 +90,11 @@ type class struct {
 	spanBytes int64
 	pool      *spanPool
 
-	groups  [nGroups + 1]*span // list heads by fullness
-	spans   []*span            // by span id; nil for unused ids
-	freeIDs []uint32
-	spare   []*span // span structs kept for reuse (their rev slices are the big part)
+	groups   [nGroups + 1]*span // list heads by fullness
+	spans    []*span            // by span id; nil for unused ids
+	freeIDs  []uint32
+	spare    []*span     // span structs kept for reuse (their rev slices are the big part)
+	needPrep atomic.Bool // reserve mode: newSpan wants the refiller to prepare this class
 
 	nspans   int64
 	objects  int64
@@ -142,6 +143,7 @@ type Store struct {
 	refillHeld   atomic.Bool                          // tests: the refiller ignores wake-ups
 	highTotal    atomic.Int64                         // sum of the pools' high watermarks, bytes
 	reserveWaits atomic.Int64                         // Puts that found something not ready and waited
+	refilled     atomic.Int64                         // refiller progress: runs of spans, chunks, classes made ready
 	noMem        atomic.Int64                         // Puts failed with ErrNoMem
 	takeHook     func(base unsafe.Pointer, n uintptr) // tests: sees every span taken from the reserve
 }
@@ -224,9 +226,9 @@ func (s *Store) Put(data []byte) (Handle, error) {
 	if s.closed.Load() {
 		return 0, ErrClosed
 	}
-	var until time.Time // end of the wait for the refiller, once one starts
+	var w refillWait // the wait for the refiller, once one starts
 	id, kick, err := s.handles.alloc()
-	for err == errRefill && s.awaitRefill(&until) {
+	for err == errRefill && s.awaitRefill(&w) {
 		id, kick, err = s.handles.alloc()
 	}
 	if kick {
@@ -244,7 +246,7 @@ func (s *Store) Put(data []byte) (Handle, error) {
 		}
 		// Wait without the class lock: Reads and Frees of the class go on.
 		c.mu.Unlock()
-		if err != errRefill || !s.awaitRefill(&until) {
+		if err != errRefill || !s.awaitRefill(&w) {
 			s.handles.free(id)
 			return 0, s.refillErr(err)
 		}
@@ -421,11 +423,16 @@ func (s *Store) newReservedSpan(c *class) (*span, error) {
 		return nil, ErrLimit
 	}
 	if !c.ready() {
+		c.needPrep.Store(true)
 		s.kickRefill()
 		return nil, errRefill
 	}
 	base, ar, arSlot, ok, low := c.pool.take()
-	if low || len(c.spare) <= 1 || len(c.freeIDs) == 0 && cap(c.spans)-len(c.spans) <= 1 {
+	if len(c.spare) <= 1 || len(c.freeIDs) == 0 && cap(c.spans)-len(c.spans) <= 1 {
+		c.needPrep.Store(true)
+		low = true
+	}
+	if low {
 		s.kickRefill()
 	}
 	if !ok {
