@@ -203,6 +203,7 @@ func TestReserveHandleChunkNotReady(t *testing.T) {
 		t.Fatalf("Put in an unfaulted handle chunk: %v, want ErrNoMem", err)
 	}
 	s.refillHeld.Store(false)
+	s.refillAll(false) // as the refiller would (the 1 ms wait is too short to count on it)
 	if _, err := s.Put([]byte{1, 2, 3}); err != nil {
 		t.Fatalf("after the refill: %v", err)
 	}
