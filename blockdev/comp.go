@@ -43,47 +43,47 @@ func (t *compTable) install(prio int, algo string, params zcomp.Params, paramTex
 	if prio < 0 || prio > streams.MaxPriority {
 		return fmt.Errorf("blockdev: priority %d out of range 0..%d", prio, streams.MaxPriority)
 	}
-	backend, err := zcomp.Lookup(algo)
+	// A swap device must not allocate on its write path: primary streams
+	// exist up front; recompression streams only when first used.
+	c, err := t.create(prio, algo, params, paramText, prio == 0)
 	if err != nil {
 		return fmt.Errorf("blockdev: %w", err)
+	}
+	if old := t.current[prio].Swap(c); old != nil {
+		old.pool.Kill() // outside t.mu: Kill may release and call back into t
+	}
+	return nil
+}
+
+// create makes a compressor with a pool and a free id, holding the pool's
+// creator reference; it is no priority's current one yet.
+func (t *compTable) create(prio int, algo string, params zcomp.Params, paramText string, prealloc bool) (*compressor, error) {
+	backend, err := zcomp.Lookup(algo)
+	if err != nil {
+		return nil, err
 	}
 	c := &compressor{prio: prio, algo: algo, params: paramText}
 	t.mu.Lock()
 	mode, n := t.mode, t.streams
 	t.mu.Unlock()
 	c.pool, err = streams.NewPool(streams.PoolConfig{
-		Backend: backend,
-		Params:  params,
-		Mode:    mode,
-		Max:     n,
-		// A swap device must not allocate on its write path: primary streams
-		// exist up front; recompression streams only when first used.
-		Prealloc:  prio == 0,
+		Backend: backend, Params: params, Mode: mode, Max: n, Prealloc: prealloc,
 		OnRelease: func() { t.release(c) },
 	})
 	if err != nil {
-		return fmt.Errorf("blockdev: %w", err)
+		return nil, err
 	}
 	t.mu.Lock()
-	id := -1
+	defer t.mu.Unlock()
 	for i := range t.byID {
 		if t.byID[i].Load() == nil {
-			id = i
-			break
+			c.id = uint8(i) // before any page can record it
+			t.byID[i].Store(c)
+			return c, nil
 		}
 	}
-	if id < 0 {
-		t.mu.Unlock()
-		c.pool.Kill()
-		return fmt.Errorf("blockdev: %d compressors still hold pages; rewrite or trim old data first", maxComps)
-	}
-	c.id = uint8(id) // before any page can record it
-	t.byID[id].Store(c)
-	t.mu.Unlock()
-	if old := t.current[prio].Swap(c); old != nil {
-		old.pool.Kill() // outside t.mu: Kill may release and call back into t
-	}
-	return nil
+	c.pool.Kill()
+	return nil, fmt.Errorf("%d compressors still hold pages; rewrite or trim old data first", maxComps)
 }
 
 // remove takes a priority out of use (recomp_algorithm removal); its pages

@@ -11,7 +11,6 @@ import (
 	"fmt"
 
 	"github.com/uzram/uzram/pagestore"
-	"github.com/uzram/uzram/streams"
 	"github.com/uzram/uzram/zcomp"
 )
 
@@ -194,41 +193,14 @@ func (t *compTable) forImport(algo, params string) (*compressor, error) {
 			return c, nil
 		}
 	}
-	backend, err := zcomp.Lookup(algo)
-	if err != nil {
-		return nil, err
-	}
 	p, err := zcomp.ParseParams(params)
 	if err != nil {
 		return nil, fmt.Errorf("%s parameters %q: %w", algo, params, err)
 	}
-	c := &compressor{algo: algo, params: params}
-	t.mu.Lock()
-	mode, n := t.mode, t.streams
-	t.mu.Unlock()
-	c.pool, err = streams.NewPool(streams.PoolConfig{
-		Backend: backend, Params: p, Mode: mode, Max: n,
-		OnRelease: func() { t.release(c) },
-	})
+	c, err := t.create(0, algo, p, params, false)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("compressor for %s: %w", algo, err)
 	}
-	t.mu.Lock()
-	id := -1
-	for i := range t.byID {
-		if t.byID[i].Load() == nil {
-			id = i
-			break
-		}
-	}
-	if id < 0 {
-		t.mu.Unlock()
-		c.pool.Kill()
-		return nil, fmt.Errorf("no free compressor id for %s (%d in use)", algo, maxComps)
-	}
-	c.id = uint8(id)
-	t.byID[id].Store(c)
-	t.mu.Unlock()
 	c.pool.Ref()  // the page's
 	c.pool.Kill() // drop the creator's: the pool goes with its last page
 	return c, nil

@@ -127,42 +127,7 @@ func Handshake(nc net.Conn, export string) (*Client, error) {
 	if _, err := nc.Write([]byte{0, 0, 0, 3}); err != nil { // FIXED_NEWSTYLE | NO_ZEROES
 		return nil, fmt.Errorf("nbd: send flags: %w", err)
 	}
-	data := make([]byte, 4+len(export)+2+2)
-	binary.BigEndian.PutUint32(data, uint32(len(export)))
-	copy(data[4:], export)
-	binary.BigEndian.PutUint16(data[4+len(export):], 1)
-	binary.BigEndian.PutUint16(data[6+len(export):], infoBlockSize)
-	if err := SendOption(nc, optGo, data); err != nil {
-		return nil, err
-	}
-	c := &Client{nc: nc, pend: map[uint64]*pending{}, closed: make(chan struct{})}
-	for {
-		typ, payload, err := ReadOptionReply(br)
-		if err != nil {
-			return nil, err
-		}
-		switch {
-		case typ == repAck:
-			go c.readReplies(br)
-			return c, nil
-		case typ == repInfo && len(payload) >= 2:
-			switch binary.BigEndian.Uint16(payload) {
-			case infoExport:
-				if len(payload) >= 12 {
-					c.Export.Size = binary.BigEndian.Uint64(payload[2:])
-					c.Export.Flags = binary.BigEndian.Uint16(payload[10:])
-				}
-			case infoBlockSize:
-				if len(payload) >= 14 {
-					c.Export.MinBlock = binary.BigEndian.Uint32(payload[2:])
-					c.Export.PrefBlock = binary.BigEndian.Uint32(payload[6:])
-					c.Export.MaxBlock = binary.BigEndian.Uint32(payload[10:])
-				}
-			}
-		case typ&(1<<31) != 0:
-			return nil, fmt.Errorf("nbd: export %q refused: error reply %#x: %s", export, typ, payload)
-		}
-	}
+	return handshakeGo(nc, br, export)
 }
 
 // SendOption writes one handshake option.
