@@ -404,9 +404,17 @@ func one(what string) func([]string) (string, error) {
 	}
 }
 
+func statUsage(file string) string {
+	if file == "recomp_stat" {
+		return "print recompression figures (uzram's): incompressible pages; pages and bytes at priority 0..3; " +
+			"runs background_runs scanned attempted recompressed skipped incompressible failed bytes_saved mem_saved cpu_ms"
+	}
+	return "print " + file + " as zram does"
+}
+
 func statCommand(file string) *cli.Command {
 	return &cli.Command{
-		Name: strings.ReplaceAll(file, "_", "-"), Usage: "print " + file + " as zram does", ArgsUsage: "NAME", OnUsageError: usageError,
+		Name: strings.ReplaceAll(file, "_", "-"), Usage: statUsage(file), ArgsUsage: "NAME", OnUsageError: usageError,
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 1 {
 				return fmt.Errorf("%s needs one device NAME", c.Command.Name)
@@ -440,6 +448,7 @@ func clientCommands() []*cli.Command {
 		statCommand("mm_stat"),
 		statCommand("io_stat"),
 		statCommand("debug_stat"),
+		statCommand("recomp_stat"),
 		attachCommand(),
 		detachCommand(),
 		swaponCommand(),

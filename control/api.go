@@ -84,6 +84,8 @@ type Device struct {
 	MMStatText    string `json:"mm_stat_text"`
 	IOStatText    string `json:"io_stat_text"`
 	DebugStatText string `json:"debug_stat_text"`
+	// RecompStatText is uzram's own: recompression figures (blockdev.Stats.RecompStat).
+	RecompStatText string `json:"recomp_stat_text"`
 }
 
 // Compressor is one algorithm a device holds.
@@ -104,7 +106,7 @@ var Knobs = []string{
 }
 
 // StatFiles are the stats files the API serves as text, by zram name.
-var StatFiles = []string{"mm_stat", "io_stat", "debug_stat"}
+var StatFiles = []string{"mm_stat", "io_stat", "debug_stat", "recomp_stat"}
 
 // KnobRequest is the body of a knob write.
 type KnobRequest struct {

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"slices"
+	"strings"
 )
 
 // Manager is what the daemon does for the API. Errors should wrap (or be
@@ -31,7 +32,7 @@ type Manager interface {
 //	POST   /v1/devices                     create (CreateRequest)
 //	GET    /v1/devices/{name}              one device
 //	DELETE /v1/devices/{name}              reset: free it (409 while attached)
-//	GET    /v1/devices/{name}/{file}       mm_stat, io_stat, debug_stat as text
+//	GET    /v1/devices/{name}/{file}       mm_stat, io_stat, debug_stat (zram's), recomp_stat as text
 //	PUT    /v1/devices/{name}/{knob}       write a knob (KnobRequest)
 //	PUT    /v1/devices/{name}/attachment   record /dev/nbdN (AttachRequest)
 const apiPrefix = "/v1/devices"
@@ -75,7 +76,7 @@ func Handler(m Manager) http.Handler {
 	mux.HandleFunc("GET "+apiPrefix+"/{name}/{file}", func(w http.ResponseWriter, r *http.Request) {
 		file := r.PathValue("file")
 		if !slices.Contains(StatFiles, file) {
-			writeError(w, Errorf(ErrInvalid, "no stats file %q (known: mm_stat, io_stat, debug_stat)", file))
+			writeError(w, Errorf(ErrInvalid, "no stats file %q (known: %s)", file, strings.Join(StatFiles, ", ")))
 			return
 		}
 		d, err := m.Get(r.PathValue("name"))
@@ -91,6 +92,8 @@ func Handler(m Manager) http.Handler {
 			io.WriteString(w, d.IOStatText)
 		case "debug_stat":
 			io.WriteString(w, d.DebugStatText)
+		case "recomp_stat":
+			io.WriteString(w, d.RecompStatText)
 		}
 	})
 	mux.HandleFunc("PUT "+apiPrefix+"/{name}/{knob}", func(w http.ResponseWriter, r *http.Request) {

@@ -446,7 +446,7 @@ func (d *Daemon) infoLocked(e *entry, sockets []string) control.Device {
 			PagesCompacted: s.PagesCompacted, HugePages: s.HugePages, HugePagesSince: s.HugePagesSince,
 		},
 		IO:         control.IOStat{FailedReads: s.FailedReads, FailedWrites: s.FailedWrites, InvalidIO: s.InvalidIO, NotifyFree: s.NotifyFree},
-		MMStatText: s.MMStat(), IOStatText: s.IOStat(), DebugStatText: e.dev.DebugStat(),
+		MMStatText: s.MMStat(), IOStatText: s.IOStat(), DebugStatText: e.dev.DebugStat(), RecompStatText: s.RecompStat(),
 	}
 	// The compressor table, not Algorithm(), names the primary: it is read
 	// under the table's own synchronisation while a knob may be switching it.

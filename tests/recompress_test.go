@@ -86,6 +86,12 @@ func TestRecompressCLI(t *testing.T) {
 		t.Fatalf("recompress --progress: exit %d, stdout %q, stderr %q", code, out, errOut)
 	}
 	after, _ := s.stats(t)
+	// recomp_stat: incompressible, pages/bytes at priority 0..3, then run
+	// totals (runs background scanned attempted recompressed ...).
+	rs := strings.Fields(cliOK(t, s, "recomp-stat", s.Name))
+	if len(rs) != 20 || rs[3] == "0" || rs[13] == "0" {
+		t.Fatalf("recomp-stat after recompressing: %q", rs)
+	}
 	t.Logf("mm_stat before: %v", before)
 	t.Logf("mm_stat after:  %v", after)
 	// mm_stat: orig compr mem_used limit max same compacted huge huge_since
