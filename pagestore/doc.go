@@ -128,11 +128,11 @@
 //
 // Failure: when a pool (or span structs, or a handle chunk) is not ready, Put
 // drops the class lock, wakes the refiller and polls while it makes
-// progress (up to 10 ReserveWaits in all). If the refiller delivers nothing
+// progress or merely waits for a CPU (up to 100 ReserveWaits in all). If the
+// refiller sits inside populate, in the kernel's reclaim, delivering nothing
 // for ReserveWait (100 ms by default; a burst waits well under a
-// millisecond), it is stuck in reclaim and the system is short of memory:
-// Put fails with
-// ErrNoMem, stores nothing, and the block device answers ENOSPC, counted in
+// millisecond), the system is short of memory: Put fails with ErrNoMem,
+// stores nothing, and the block device answers ENOSPC, counted in
 // failed_writes. The kernel keeps the page and retries its swap-out later,
 // which beats a server that faults and hangs.
 package pagestore

@@ -54,8 +54,10 @@ const (
 	// reservePoll is how often a waiting Put looks again.
 	reservePoll = 100 * time.Microsecond
 	// reserveWaitCap bounds a Put's wait, in ReserveWaits, even while the
-	// refiller makes progress (but others take all it adds).
-	reserveWaitCap = 10
+	// refiller makes progress (but others take all it adds) or waits for a
+	// CPU: long enough for any scheduling delay, short of the kernel's
+	// 30 s NBD request timeout.
+	reserveWaitCap = 100
 	// classHeadroom is how many span structs (and span-table entries) each
 	// class keeps ready so newSpan allocates nothing on the Go heap.
 	classHeadroom = 2
@@ -92,6 +94,15 @@ func populate(p unsafe.Pointer, n uintptr) {
 		// An atomic add of 0 is a write fault that keeps the contents.
 		atomic.AddUint32((*uint32)(unsafe.Add(p, off)), 0)
 	}
+}
+
+// populate is the refiller's populate, marked so waiting Puts can tell a
+// refiller stuck in the kernel's reclaim (out of memory: fail fast) from one
+// that is merely not running yet (a busy CPU: keep waiting).
+func (s *Store) populate(p unsafe.Pointer, n uintptr) {
+	s.populating.Store(time.Now().UnixNano())
+	populate(p, n)
+	s.populating.Store(0)
 }
 
 // resSlot is one reserved span: its arena and slot, pages faulted in.
@@ -205,7 +216,7 @@ func (p *spanPool) refill(s *Store, target int) error {
 		if err != nil {
 			return err
 		}
-		populate(unsafe.Add(a.base, uintptr(first)*p.spanBytes), uintptr(k)*p.spanBytes)
+		s.populate(unsafe.Add(a.base, uintptr(first)*p.spanBytes), uintptr(k)*p.spanBytes)
 		p.mu.Lock()
 		for i := 0; i < k; i++ {
 			p.res = append(p.res, resSlot{a, first + uint32(i)})
@@ -279,19 +290,23 @@ type refillWait struct {
 
 // awaitRefill is Put's wait for the refiller: it wakes it and sleeps one
 // poll interval, reporting false once the refiller has made no progress for
-// ReserveWait (it is stuck in reclaim: the system is out of memory), or the
-// wait has lasted reserveWaitCap. While the refiller delivers, other Puts
-// may take what it adds first, and this one keeps waiting its turn: a burst
-// on a busy machine must not see failures a swap storm would.
+// ReserveWait while stuck inside populate (in the kernel's reclaim: the
+// system is out of memory), or the wait has lasted reserveWaitCap. A
+// refiller that is not populating is only waiting for a CPU: that is a busy
+// machine, not an out-of-memory one, and the Put keeps waiting. While the
+// refiller delivers, other Puts may take what it adds first, and this one
+// keeps waiting its turn: a burst on a busy machine must not see failures a
+// swap storm would.
 func (s *Store) awaitRefill(w *refillWait) bool {
 	now := time.Now()
 	p := s.refilled.Load()
+	stuck := s.populating.Load() != 0
 	switch {
 	case w.cap.IsZero():
 		w.cap = now.Add(reserveWaitCap * s.reserveWait)
 		s.reserveWaits.Add(1)
 		fallthrough
-	case p != w.progress:
+	case p != w.progress || !stuck:
 		w.stall, w.progress = now.Add(s.reserveWait), p
 	case now.After(w.stall):
 		return false
@@ -400,7 +415,7 @@ func (t *handleTable) prepare(s *Store) {
 		} else {
 			p = unsafe.Pointer(c)
 		}
-		populate(p, hChunkBytes)
+		s.populate(p, hChunkBytes)
 		t.mu.Lock()
 		if c == nil {
 			t.dir[ci].Store((*hchunk)(p)) // only the refiller maps chunks in reserve mode

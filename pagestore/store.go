@@ -144,6 +144,7 @@ type Store struct {
 	highTotal    atomic.Int64                         // sum of the pools' high watermarks, bytes
 	reserveWaits atomic.Int64                         // Puts that found something not ready and waited
 	refilled     atomic.Int64                         // refiller progress: runs of spans, chunks, classes made ready
+	populating   atomic.Int64                         // when the refiller entered populate (unix ns), 0 outside
 	noMem        atomic.Int64                         // Puts failed with ErrNoMem
 	takeHook     func(base unsafe.Pointer, n uintptr) // tests: sees every span taken from the reserve
 }
