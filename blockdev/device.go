@@ -6,6 +6,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/uzram/uzram/pagestore"
 	"github.com/uzram/uzram/streams"
@@ -103,6 +104,10 @@ func New(cfg Config) (*Device, error) {
 	size := (uint64(cfg.Size) + PageSize - 1) / PageSize * PageSize
 	d := &Device{name: cfg.Name, size: size, npages: size / PageSize, epoch: time.Now()}
 	d.pages.New = func() any { return new([PageSize]byte) }
+	// The Device is a large allocation of fresh, untouched memory: its
+	// page-lock stripes (256 KiB) would fault one page at a time on the
+	// write path (prefault.go).
+	prefault(unsafe.Slice((*byte)(unsafe.Pointer(&d.locks)), unsafe.Sizeof(d.locks)))
 	if d.table, err = newSlotTable(d.npages); err != nil {
 		return nil, err
 	}

@@ -54,6 +54,11 @@ func newSlotTable(n uint64) (*slotTable, error) {
 	if err != nil {
 		return nil, fmt.Errorf("blockdev: map slot table for %d pages: %w", n, err)
 	}
+	// Under mlockall(MCL_FUTURE|MCL_ONFAULT) (swapsafe) the new mapping is
+	// lock-on-fault, and the kernel skips MAP_POPULATE for such mappings
+	// (populate_vma_page_range): the table would fault page by page on the
+	// write path. Touching every page faults it in (and locks it) now.
+	prefault(mem)
 	return &slotTable{mem: mem, slots: unsafe.Slice((*slot)(unsafe.Pointer(&mem[0])), n)}, nil
 }
 

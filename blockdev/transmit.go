@@ -28,6 +28,7 @@ type request struct {
 	// connection holding 128 KiB.
 	small []byte
 	big   *[]byte
+	own   *bigList // the connection's prefaulted big buffers, used first
 	// out is the reply (header and payload) waiting in the send queue.
 	out []byte
 	// cost is the budget it holds until its reply is sent (limits.go).
@@ -55,7 +56,9 @@ func (r *request) grow(n int) []byte {
 	if r.big == nil || cap(*r.big) < need {
 		r.releaseBig()
 		i := bits.Len(uint(need - 1))
-		if b, ok := bigPools[i].Get().(*[]byte); ok {
+		if b := r.own.get(need); b != nil {
+			r.big = b
+		} else if b, ok := bigPools[i].Get().(*[]byte); ok {
 			r.big = b
 		} else {
 			b := make([]byte, 1<<i)
@@ -69,10 +72,70 @@ func (r *request) grow(n int) []byte {
 // releaseBig hands a borrowed buffer back to its pool.
 func (r *request) releaseBig() {
 	if r.big != nil {
-		bigPools[bits.Len(uint(cap(*r.big)-1))].Put(r.big)
+		if !r.own.put(r.big) {
+			bigPools[bits.Len(uint(cap(*r.big)-1))].Put(r.big)
+		}
 		r.big = nil
 	}
 	r.buf = r.small
+}
+
+// The kernel's swap writeback sends requests of up to max_sectors_kb (128
+// KiB for nbd), not only single pages: each would take a fresh buffer from
+// bigPools and fault it in while reading the payload, the fault a swap
+// server must not take (hack/guest-README.md). So every connection keeps
+// ownBigCount buffers of that class, prefaulted at connection start, that
+// stay with it (a sync.Pool drops its buffers at GC).
+const (
+	ownBigRequest = 128 << 10
+	ownBigCount   = 16
+)
+
+// bigList is a connection's own prefaulted big buffers, all of one size.
+type bigList struct {
+	mu   sync.Mutex
+	size int
+	bufs []*[]byte
+}
+
+func newBigList(n int) *bigList {
+	l := &bigList{size: 1 << bits.Len(uint(replyHeaderSize+ownBigRequest-1)), bufs: make([]*[]byte, 0, n)}
+	for i := 0; i < n; i++ {
+		b := make([]byte, l.size)
+		prefault(b)
+		l.bufs = append(l.bufs, &b)
+	}
+	return l
+}
+
+// get pops a buffer with room for need bytes, or returns nil.
+func (l *bigList) get(need int) *[]byte {
+	if l == nil || need > l.size {
+		return nil
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := len(l.bufs)
+	if n == 0 {
+		return nil
+	}
+	b := l.bufs[n-1]
+	l.bufs = l.bufs[:n-1]
+	return b
+}
+
+// put takes back a buffer of its size while it has room.
+func (l *bigList) put(b *[]byte) bool {
+	if l == nil || cap(*b) != l.size {
+		return false
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.bufs) == cap(l.bufs) {
+		return false
+	}
+	l.bufs = append(l.bufs, b)
+	return true
 }
 
 // Buffer sizes: the handshake's is small so that idle or hostile
@@ -114,6 +177,7 @@ type conn struct {
 	spare   []*request
 	sending bool
 	iov     net.Buffers // reused: building it allocates nothing
+	iovw    net.Buffers // what writev consumes: a copy of iov's header
 
 	budget *budget // this connection's in-flight request bytes
 	// The watchdog drops the connection when a request stays half received
@@ -157,10 +221,12 @@ func (c *conn) serveTransmission() error {
 	c.queue = make([]*request, 0, inflight)
 	c.spare = make([]*request, 0, inflight)
 	c.iov = make(net.Buffers, 0, inflight)
+	own := newBigList(min(ownBigCount, inflight))
 	for i := range c.free {
 		// Every request's page buffer exists, touched, before the first
-		// request: the kernel sends swap I/O as single pages.
-		c.free[i] = &request{small: make([]byte, smallBuffer)}
+		// request: the kernel sends swap I/O as single pages, and writeback
+		// as runs of up to 128 KiB (own).
+		c.free[i] = &request{small: make([]byte, smallBuffer), own: own}
 		prefault(c.free[i].small)
 		c.tokens <- struct{}{}
 	}
@@ -379,8 +445,14 @@ func (c *conn) send(batch []*request) {
 		for _, r := range batch {
 			c.iov = append(c.iov, r.out)
 		}
+		// WriteTo consumes the slice it is called on: a copy of the header
+		// (in the conn, so it does not escape to the heap) keeps c.iov's
+		// capacity, and the next batch appends without allocating. A
+		// shrinking c.iov reallocated on every few replies, and heap growth
+		// is fresh memory the server must not fault on under swap.
+		c.iovw = c.iov
 		c.writing.Store(true)
-		_, err := c.iov.WriteTo(c.nc)
+		_, err := c.iovw.WriteTo(c.nc)
 		c.writing.Store(false)
 		c.replies.Add(uint64(len(batch)))
 		if err != nil {

@@ -147,6 +147,9 @@ func Run(ctx context.Context, cfg Config) error {
 	for _, err := range swapsafe.Apply(cfg.Swapsafe) {
 		log.Warn("running without a swap-safety measure", "err", err)
 	}
+	if cfg.Swapsafe.Mlock {
+		prepareRuntime() // prefault.go: threads, stacks and heap faulted in now
+	}
 	cfg.Server.Logger = log
 	metrics := NewMetrics()
 	if cfg.Metrics != "" {

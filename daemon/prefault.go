@@ -1,0 +1,119 @@
+package daemon
+
+import (
+	"os"
+	"runtime"
+	"runtime/debug"
+	"sync"
+	"time"
+)
+
+// A swap device's server must not take a page fault on fresh memory while it
+// serves (hack/guest-README.md): the kernel may be out of memory and waiting
+// for the very request. mlockall (swapsafe) keeps what was touched, and the
+// request path's own buffers are touched at start (blockdev), but the Go
+// runtime takes fresh memory on its own: new OS threads (stacks), goroutine
+// stack growth and heap spans. prepareRuntime makes that memory exist,
+// touched and locked, before the first request, and keeps the runtime from
+// giving it back:
+//
+//   - Under mlock, the scavenger's madvise(MADV_DONTNEED) fails (EINVAL on a
+//     VM_LOCKED mapping) and the runtime falls back to remapping the range
+//     with mmap(MAP_FIXED): the pages are gone and the next use faults. The
+//     scavenger releases only what the heap retains beyond about 110% of the
+//     in-use heap at the last GC, so a large live ballast that is never
+//     touched (virtual address space only, no memory) raises that bound
+//     above what the server retains, and the pages stay.
+//   - With the ballast live, GOGC 10 lets garbage grow about 26 MiB between
+//     collections, close to the heap warmed below; default GOGC would let it
+//     grow by the ballast's size.
+//   - warmHeap allocates and touches heapWarm bytes of small spans, then
+//     drops them: the free heap pages that later allocations, goroutine
+//     stacks and new threads' stacks take are already faulted in.
+//   - warmThreads starts OS threads ahead of need: the runtime starts one
+//     whenever goroutines block in system calls (the store's refiller in
+//     madvise, say), and a thread's stacks are fresh memory. Idle threads
+//     stay in the runtime's pool; they never exit.
+const (
+	ballastBytes = 256 << 20
+	heapWarm     = 16 << 20
+	warmGOGC     = 10
+)
+
+// ballast is never read or written: it only counts as live heap.
+var (
+	ballast     []byte
+	prepareOnce sync.Once
+)
+
+// prepareRuntime is called once, after swapsafe has locked memory and
+// before the server accepts connections. It is a no-op without mlock: then
+// touched pages can be swapped out anyway.
+func prepareRuntime() { prepareOnce.Do(prepare) }
+
+func prepare() {
+	ballast = make([]byte, ballastBytes) // fresh mapping: not zeroed, not touched
+	warmThreads(max(16, 4*runtime.GOMAXPROCS(0)))
+	warmHeap(heapWarm)
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(warmGOGC)
+	}
+	// Two cycles: the collector's own structures (work buffers, span sets,
+	// mark bits) are allocated, and what warmHeap dropped is swept free.
+	runtime.GC()
+	runtime.GC()
+}
+
+// warmThreads makes sure the runtime has at least n OS threads: n goroutines
+// each lock a thread and wait together, so each needs its own, then unlock
+// and return, leaving the threads idle in the runtime's pool.
+func warmThreads(n int) {
+	var started, done sync.WaitGroup
+	release := make(chan struct{})
+	for i := 0; i < n; i++ {
+		started.Add(1)
+		done.Add(1)
+		go func() {
+			defer done.Done()
+			runtime.LockOSThread()
+			started.Done()
+			<-release
+			// Some stack depth, touched on this thread's goroutine stack.
+			deepStack(64)
+			runtime.UnlockOSThread() // the thread stays (it exits only if still locked)
+		}()
+	}
+	started.Wait()
+	time.Sleep(10 * time.Millisecond)
+	close(release)
+	done.Wait()
+}
+
+// deepStack grows the calling goroutine's stack to about n KiB once, so the
+// stack pool holds stacks of that size, faulted in.
+//
+//go:noinline
+func deepStack(n int) byte {
+	var frame [1024]byte
+	frame[n%len(frame)] = byte(n)
+	if n <= 1 {
+		return frame[0]
+	}
+	return deepStack(n-1) + frame[n%len(frame)]
+}
+
+// warmHeap allocates n bytes in 8 KiB objects (one-page spans, so the page
+// allocator fills every free gap of the heap first), touches every page and
+// drops them.
+func warmHeap(n int) {
+	const chunk = 8 << 10
+	keep := make([][]byte, 0, n/chunk)
+	for i := 0; i < n/chunk; i++ {
+		b := make([]byte, chunk)
+		for j := 0; j < chunk; j += 4096 {
+			b[j] = 1
+		}
+		keep = append(keep, b)
+	}
+	runtime.KeepAlive(keep)
+}
