@@ -28,7 +28,6 @@ const HugeThreshold = 3632
 var (
 	ErrRange   = errors.New("blockdev: request outside the device")
 	ErrNoSpace = errors.New("blockdev: memory limit reached")
-	ErrClosed  = errors.New("blockdev: device closed")
 )
 
 // Config describes a device.

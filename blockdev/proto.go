@@ -35,10 +35,8 @@ const (
 	repServer     = protocol.NEGOTIATION_TYPE_REPLY_SERVER
 	repInfo       = protocol.NEGOTIATION_TYPE_REPLY_INFO
 	repErrUnsup   = protocol.NEGOTIATION_TYPE_REPLY_ERR_UNSUPPORTED
-	repErrPolicy  = uint32(2 | 1<<31)
 	repErrInvalid = uint32(3 | 1<<31)
 	repErrUnknown = protocol.NEGOTIATION_TYPE_REPLY_ERR_UNKNOWN
-	repErrTooBig  = uint32(9 | 1<<31)
 
 	infoExport    = protocol.NEGOTIATION_TYPE_INFO_EXPORT
 	infoName      = protocol.NEGOTIATION_TYPE_INFO_NAME
@@ -62,12 +60,10 @@ const (
 	cmdFlagFUA    = uint16(1 << 0)
 	cmdFlagNoHole = uint16(1 << 1)
 
-	errPerm     = protocol.TRANSMISSION_ERROR_EPERM
-	errIO       = uint32(5)
-	errNoMem    = uint32(12)
-	errInval    = protocol.TRANSMISSION_ERROR_EINVAL
-	errNoSpc    = uint32(28)
-	errShutdown = uint32(108)
+	errPerm  = protocol.TRANSMISSION_ERROR_EPERM
+	errIO    = uint32(5)
+	errInval = protocol.TRANSMISSION_ERROR_EINVAL
+	errNoSpc = uint32(28)
 )
 
 // Block size constraints advertised with NBD_INFO_BLOCK_SIZE.
