@@ -64,6 +64,7 @@ func serveCommand() *cli.Command {
 			&cli.BoolFlag{Name: "no-io-flusher", Usage: "do not set PR_SET_IO_FLUSHER on the server's threads"},
 			&cli.BoolFlag{Name: "no-mlock", Usage: "do not lock the server's memory"},
 			&cli.BoolFlag{Name: "no-oom-adj", Usage: "do not set oom_score_adj to -1000"},
+			&cli.BoolFlag{Name: "no-realtime", Usage: "do not run the server's threads in SCHED_RR (which lets its allocations use the kernel's reserve under memory pressure)"},
 			&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, Usage: "log connections"},
 			&cli.StringFlag{Name: "control", Usage: "control API unix socket (default: control.sock beside the device sockets)"},
 			&cli.StringFlag{Name: "socket-dir", Usage: "directory for the sockets of devices created at runtime (default: --socket's, or /run/uzram)"},
@@ -191,6 +192,7 @@ func serveCommand() *cli.Command {
 				Metrics:         c.String("metrics"),
 				Swapsafe: swapsafe.Options{
 					IOFlusher: !c.Bool("no-io-flusher"), Mlock: !c.Bool("no-mlock"), OOMScoreAdj: !c.Bool("no-oom-adj"),
+					Realtime: !c.Bool("no-realtime"),
 				},
 				Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})),
 			})

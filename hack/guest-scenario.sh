@@ -13,7 +13,7 @@ set -euo pipefail
 # shellcheck source=/dev/null
 . "${GUEST_ENV:?}"
 : "${B:?}" "${SERVER:?}" "${DEV_SIZE:?}" "${WORKLOAD:?}" "${NBD_FLAGS:?}" "${FIO_SIZE:?}"
-: "${MEMCHECK_TIMEOUT:=150}" "${FIO_TIMEOUT:=120}" "${PHASES:=uzram zram fio}"
+: "${MEMCHECK_TIMEOUT:=150}" "${PAGE_CLUSTER:=0}" "${FIO_TIMEOUT:=120}" "${PHASES:=uzram zram fio}"
 
 say() { echo "@@ $*"; }
 log() { echo "## $*"; }
@@ -45,8 +45,8 @@ start_server() { # $1: phase name, used for nbdkit's stats file
 	uzram)
 		# stderr to the console: warnings, and the goroutine dump guest-init
 		# asks for when the run hangs, must reach the host.
-		# shellcheck disable=SC2086 # UZRAM_FLAGS is a list of words
-		"$B/uzram" serve --size "$DEV_SIZE" --algorithm lz4 --name uzram0 --socket "$SOCK" ${UZRAM_FLAGS:-} >"$SRVLOG" 2>/dev/console &
+		# shellcheck disable=SC2086 # UZRAM_FLAGS and SERVER_WRAP are lists of words
+		${SERVER_WRAP:-} "$B/uzram" serve --size "$DEV_SIZE" --algorithm lz4 --name uzram0 --socket "$SOCK" ${UZRAM_FLAGS:-} >"$SRVLOG" 2>/dev/console &
 		;;
 	nbdkit)
 		# zstd allocator: the stock memory plugin stores pages raw and
@@ -285,7 +285,7 @@ ip link set lo up
 sysctl -qw vm.swappiness=100
 # No swap readahead (as zram setups do): under this much pressure pages read
 # ahead are evicted before use, and the guest thrashes to a standstill.
-sysctl -qw vm.page-cluster=0
+sysctl -qw vm.page-cluster="$PAGE_CLUSTER"
 # Name blocked tasks early; "echo w" to sysrq (guest-init) prints their stacks.
 sysctl -qw kernel.hung_task_timeout_secs=30
 # guest-swap.sh presses alt-sysrq-t through qemu when the run hangs.

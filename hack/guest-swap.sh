@@ -16,6 +16,9 @@
 #   GUEST_TIMEOUT=330         seconds before the whole VM is killed
 #   PHASES="uzram zram fio"   which parts to run (uzram: swap on the server)
 #   UZRAM_FLAGS               extra `uzram serve` flags, e.g. --no-io-flusher
+#   MEMCHECK_TIMEOUT=150      seconds one memcheck run may take
+#   PAGE_CLUSTER=0            vm.page-cluster in the guest (swap readahead)
+#   SERVER_WRAP               a command the server runs under, e.g. "chrt -o 0"
 #   KERNEL=/boot/vmlinuz-...  guest kernel (default: the newest Debian one)
 #   GUEST_LOGLEVEL=5          guest console loglevel (7 shows hung-task stacks)
 # Prints the guest console, then a summary table; exits non-zero on any
@@ -43,6 +46,7 @@ FIO_SIZE=${FIO_SIZE:-32M}
 GUEST_TIMEOUT=${GUEST_TIMEOUT:-330}
 PHASES=${PHASES:-uzram zram fio}
 UZRAM_FLAGS=${UZRAM_FLAGS:-}
+SERVER_WRAP=${SERVER_WRAP:-}
 
 die() {
 	echo "guest-swap: $*" >&2
@@ -111,6 +115,9 @@ NBD_FLAGS="$NBD_FLAGS"
 FIO_SIZE=$FIO_SIZE
 PHASES="$PHASES"
 UZRAM_FLAGS="$UZRAM_FLAGS"
+SERVER_WRAP="$SERVER_WRAP"
+MEMCHECK_TIMEOUT=${MEMCHECK_TIMEOUT:-150}
+PAGE_CLUSTER=${PAGE_CLUSTER:-0}
 EOF
 
 # ---- boot ------------------------------------------------------------------------

@@ -16,6 +16,11 @@
 //     touched, so the Go runtime's large address reservations are not pinned.
 //   - oom_score_adj -1000: the OOM killer never picks the server, whose death
 //     would lose every swapped page at once.
+//   - SCHED_RR (CAP_SYS_NICE): a real-time task's allocations may go a
+//     quarter below the min watermark, a reserve the workload that exhausted
+//     memory cannot touch, so the server's remaining kernel allocations (reply
+//     socket buffers, the store's refiller) succeed while it is the way out
+//     of the shortage. See applyRealtime.
 //
 // Each step fails on its own (no privilege, old kernel); Apply returns one
 // error per failed step and the caller logs each as a warning and goes on.
@@ -36,12 +41,15 @@ type Options struct {
 	Mlock bool
 	// OOMScoreAdj writes -1000 to /proc/self/oom_score_adj.
 	OOMScoreAdj bool
+	// Realtime puts every thread in SCHED_RR at RealtimePriority.
+	Realtime bool
 }
 
 // All returns Options with every step enabled: what `uzram serve` uses unless
-// told otherwise by --no-io-flusher, --no-mlock or --no-oom-adj.
+// told otherwise by --no-io-flusher, --no-mlock, --no-oom-adj or
+// --no-realtime.
 func All() Options {
-	return Options{IOFlusher: true, Mlock: true, OOMScoreAdj: true}
+	return Options{IOFlusher: true, Mlock: true, OOMScoreAdj: true, Realtime: true}
 }
 
 // Thread flag bits from include/linux/sched.h, as shown in field 9 of

@@ -36,6 +36,11 @@ func Apply(opts Options) []error {
 			errs = append(errs, err)
 		}
 	}
+	if opts.Realtime {
+		if err := applyRealtime(); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	return errs
 }
 

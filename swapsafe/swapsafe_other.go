@@ -17,10 +17,18 @@ func Apply(opts Options) []error {
 	if opts.OOMScoreAdj {
 		errs = append(errs, fmt.Errorf("swapsafe: oom_score_adj: %w", ErrUnsupported))
 	}
+	if opts.Realtime {
+		errs = append(errs, fmt.Errorf("swapsafe: SCHED_RR: %w", ErrUnsupported))
+	}
 	return errs
 }
 
 // ReadThreadFlags has no source outside Linux.
 func ReadThreadFlags() (ThreadFlags, error) {
+	return nil, ErrUnsupported
+}
+
+// ThreadPolicies has no source outside Linux.
+func ThreadPolicies() (map[int]int, error) {
 	return nil, ErrUnsupported
 }

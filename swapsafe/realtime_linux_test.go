@@ -1,0 +1,98 @@
+//go:build linux
+
+package swapsafe
+
+import (
+	"runtime"
+	"sync"
+	"testing"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// setAllOther puts every thread back in SCHED_OTHER so later tests in this
+// binary run as usual.
+func setAllOther(t *testing.T) {
+	param := struct{ prio int32 }{0}
+	for pass := 0; pass < 10; pass++ {
+		pols, err := ThreadPolicies()
+		if err != nil {
+			t.Fatal(err)
+		}
+		changed := 0
+		for tid, pol := range pols {
+			if pol != unix.SCHED_NORMAL {
+				_, _, _ = unix.RawSyscall(unix.SYS_SCHED_SETSCHEDULER, uintptr(tid), unix.SCHED_NORMAL, uintptr(unsafe.Pointer(&param)))
+				changed++
+			}
+		}
+		if changed == 0 {
+			return
+		}
+	}
+}
+
+func checkAllRR(t *testing.T, when string) {
+	t.Helper()
+	pols, err := ThreadPolicies()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var bad []int
+	for tid, pol := range pols {
+		if pol != unix.SCHED_RR {
+			bad = append(bad, tid)
+		}
+	}
+	if len(bad) > 0 {
+		t.Errorf("%s: %d of %d threads not SCHED_RR: %v (%v)", when, len(bad), len(pols), bad, pols)
+	} else {
+		t.Logf("%s: all %d threads SCHED_RR", when, len(pols))
+	}
+}
+
+func TestRealtimeAllThreads(t *testing.T) {
+	defer setAllOther(t)
+	// Threads that exist before Apply, blocked in system calls or locked to
+	// goroutines, must be reached too.
+	before := newBlockers(t)
+	before.start(4)
+	defer before.stop()
+	locked := make(chan struct{})
+	var lwg sync.WaitGroup
+	for range 2 {
+		lwg.Add(1)
+		go func() {
+			defer lwg.Done()
+			runtime.LockOSThread()
+			<-locked
+		}()
+	}
+	defer func() { close(locked); lwg.Wait() }()
+	n0 := waitThreads(t, 6)
+
+	skipUnprivileged(t, Apply(Options{Realtime: true}))
+	checkAllRR(t, "after Apply")
+
+	// Threads the runtime starts later inherit the policy from the thread
+	// that clones them.
+	after := newBlockers(t)
+	after.start(8)
+	defer after.stop()
+	n1 := waitThreads(t, n0+8)
+	if n1 <= n0 {
+		t.Errorf("no new threads appeared (%d before, %d after); the inheritance check proves nothing", n0, n1)
+	}
+	checkAllRR(t, "after new threads")
+	// From a new thread's own view, too.
+	done := make(chan int, 1)
+	go func() {
+		runtime.LockOSThread()
+		pol, _, _ := unix.RawSyscall(unix.SYS_SCHED_GETSCHEDULER, 0, 0, 0)
+		done <- int(pol)
+	}()
+	if pol := <-done; pol != unix.SCHED_RR {
+		t.Errorf("a new locked thread sees policy %d, want SCHED_RR (%d)", pol, unix.SCHED_RR)
+	}
+}
