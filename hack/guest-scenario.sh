@@ -111,6 +111,17 @@ io_flusher_threads() {
 	echo "$n/$total"
 }
 
+# rt_threads prints how many of the server's threads run SCHED_RR (policy 2,
+# field 41 of stat), out of all.
+rt_threads() {
+	local t n=0 total=0
+	for t in /proc/"$1"/task/*/stat; do
+		total=$((total + 1))
+		if [ "$(sed 's/.*) //' "$t" | awk '{print $39}')" = 2 ]; then n=$((n + 1)); fi
+	done
+	echo "$n/$total"
+}
+
 attach() {
 	# shellcheck disable=SC2086 # NBD_FLAGS is a list of words
 	nbd-client -unix "$SOCK" -N uzram0 $NBD_FLAGS /dev/nbd0
@@ -198,7 +209,7 @@ swap_phase() {
 	kill "$mon" 2>/dev/null || true
 	full=$(dev_mm_stat "$dev")
 	say "mm_stat dev=$name when=full $full"
-	[ "$dev" = nbd0 ] && say "server dev=$name rss_kib=$(rss_kib "$srv_pid") io_flusher_threads=$(io_flusher_threads "$srv_pid")"
+	[ "$dev" = nbd0 ] && say "server dev=$name rss_kib=$(rss_kib "$srv_pid") io_flusher_threads=$(io_flusher_threads "$srv_pid") rt_threads=$(rt_threads "$srv_pid")"
 	kill -USR1 "$mc" 2>/dev/null || true
 	wait "$mc" || rc=$?
 	kill "$wd" 2>/dev/null || true
