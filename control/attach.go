@@ -20,6 +20,9 @@ import (
 // SysBlock is where the kernel lists block devices; a variable for tests.
 var SysBlock = "/sys/block"
 
+// AttachTimeout is nbd-client's -t for attached devices, in seconds.
+const AttachTimeout = 600
+
 var nbdDevPattern = regexp.MustCompile(`^/dev/nbd([0-9]+)$`)
 
 // IsNBD reports whether s names an NBD device node, /dev/nbdN.
@@ -123,13 +126,26 @@ func Attach(c *Client, name, nbd string, swap bool) (string, error) {
 		return "", fmt.Errorf("%s is in use (or does not exist): pick a free one, or leave it out", nbd)
 	}
 	// -b 4096: whole pages, no read-modify-write; two connections spread
-	// the work over the server's workers.
-	args := []string{"-unix", d.Socket, "-N", name, "-b", "4096", "-connections", "2"}
+	// the work over the server's workers. -t: with more than one
+	// connection the kernel declares one dead after a single request
+	// timeout (30 s unless set) and fails I/O once all are; a local server
+	// is only that slow when the machine is deep in reclaim, which is
+	// exactly when swap must not fail. A server that exits closes its
+	// sockets, which the kernel sees at once, whatever the timeout.
+	args := []string{"-unix", d.Socket, "-N", name, "-b", "4096", "-connections", "2", "-t", strconv.Itoa(AttachTimeout)}
 	if swap {
 		args = append(args, "-swap") // nbd-client mlocks itself: it must not be swapped out to itself
 	}
 	if err := runTool("nbd-client", append(args, nbd)...); err != nil {
 		return "", err
+	}
+	if swap {
+		// Writeback throttling (wbt) holds swap writes back to meet a
+		// latency target meant for disks: under memory pressure reclaim
+		// then waits in wbt_wait while memory runs out (seen in the guest,
+		// hack/guest-README.md). zram has no such queue; switch it off.
+		// Best effort: a kernel without wbt has no file.
+		_ = os.WriteFile(filepath.Join(SysBlock, filepath.Base(nbd), "queue", "wbt_lat_usec"), []byte("0\n"), 0)
 	}
 	if err := c.SetAttachment(name, nbd); err != nil {
 		runTool("nbd-client", "-d", nbd)

@@ -13,7 +13,7 @@ set -euo pipefail
 # shellcheck source=/dev/null
 . "${GUEST_ENV:?}"
 : "${B:?}" "${SERVER:?}" "${DEV_SIZE:?}" "${WORKLOAD:?}" "${NBD_FLAGS:?}" "${FIO_SIZE:?}"
-: "${MEMCHECK_TIMEOUT:=150}" "${PAGE_CLUSTER:=0}" "${FIO_TIMEOUT:=120}" "${PHASES:=uzram zram fio}"
+: "${MEMCHECK_TIMEOUT:=150}" "${PAGE_CLUSTER:=0}" "${FIO_TIMEOUT:=120}" "${PHASES:=uzram zram fio cli restart}"
 
 say() { echo "@@ $*"; }
 log() { echo "## $*"; }
@@ -27,7 +27,7 @@ failed=0
 # fail records a failed check and carries on, so one run shows every problem.
 fail() {
 	say "fail what=\"$*\""
-	failed=1
+	failed=$((failed + 1))
 }
 
 # kernel_news prints (and clears) the kernel log lines that matter here:
@@ -46,7 +46,7 @@ start_server() { # $1: phase name, used for nbdkit's stats file
 		# stderr to the console: warnings, and the goroutine dump guest-init
 		# asks for when the run hangs, must reach the host.
 		# shellcheck disable=SC2086 # UZRAM_FLAGS and SERVER_WRAP are lists of words
-		${SERVER_WRAP:-} "$B/uzram" serve --size "$DEV_SIZE" --algorithm lz4 --name uzram0 --socket "$SOCK" ${UZRAM_FLAGS:-} >"$SRVLOG" 2>/dev/console &
+		${SERVER_WRAP:-} "$B/uzram" serve --size "$DEV_SIZE" --algorithm lz4 --name uzram0 --socket "$SOCK" ${UZRAM_FLAGS:-} ${SERVE_EXTRA:-} >"$SRVLOG" 2>/dev/console &
 		;;
 	nbdkit)
 		# zstd allocator: the stock memory plugin stores pages raw and
@@ -285,6 +285,140 @@ fio_phase() {
 	kernel_news
 }
 
+# ---- swap in one command: the CLI (issue 7) --------------------------------
+
+# check NAME CMD...: run CMD, record a failure under NAME when it fails.
+check() {
+	local what=$1
+	shift
+	if "$@"; then return 0; fi
+	fail "cli: $what"
+	return 1
+}
+
+# cli_phase: one daemon with no device, then what an admin types: uzram
+# swapon/swapoff, --find + attach + a filesystem + detach + --reset, and
+# uzram setup from a config file. Every step is checked against the kernel's
+# view (/proc/swaps, /sys/block, /proc/mounts), not only uzram's.
+cli_phase() {
+	local dir=/run/uzram-cli out name nbd dev list rc f0=$failed
+	mkdir -p "$dir"
+	export UZRAM_CONTROL=$dir/control.sock
+	"$B/uzram" serve --no-device --socket-dir "$dir" >"$dir/server.log" 2>&1 &
+	local pid=$!
+	for _ in $(seq 100); do [ -S "$UZRAM_CONTROL" ] && break; sleep 0.1; done
+	U() { "$B/uzram" "$@"; }
+
+	out=$(U swapon --size 256M --priority 100 --recomp-algorithm zstd 2>&1) || fail "cli: swapon: $out"
+	read -r name nbd <<<"$out"
+	log "cli: uzram swapon --size 256M --priority 100 -> $out"
+	dev=${nbd#/dev/}
+	# shellcheck disable=SC2016 # awk's own fields
+	check "swapon: $nbd not in /proc/swaps with priority 100" \
+		awk -v d="$nbd" '$1 == d && $5 == 100 {ok = 1} END {exit !ok}' /proc/swaps
+	list=$(U --output NAME,DISKSIZE,MOUNTPOINT --noheadings --raw)
+	log "cli: uzram -> $list"
+	check "list: $name not shown as [SWAP]" grep -q "^$name 256M \[SWAP\]$" <<<"$list"
+	check "swapon: wbt not off on $dev" grep -qx 0 "/sys/block/$dev/queue/wbt_lat_usec"
+	out=$(U --reset "$name" 2>&1) && rc=0 || rc=$?
+	log "cli: uzram --reset $name while swap -> status $rc: $out"
+	[ "$rc" != 0 ] || fail "cli: --reset of a device in use succeeded"
+	out=$(U swapoff "$name" 2>&1) || fail "cli: swapoff: $out"
+	check "swapoff: $nbd still in /proc/swaps" sh -c "! grep -q '^$nbd ' /proc/swaps"
+	check "swapoff: $nbd still connected" grep -qx 0 "/sys/block/$dev/size"
+	check "swapoff: $name still listed" sh -c "! '$B/uzram' -n -o NAME | grep -qx '$name'"
+
+	name=$(U --find --size 64M --algorithm zstd) || fail "cli: --find"
+	nbd=$(U attach "$name" 2>&1) || fail "cli: attach: $nbd"
+	dev=${nbd#/dev/}
+	log "cli: uzram --find --size 64M --algorithm zstd -> $name; uzram attach $name -> $nbd"
+	check "attach: $nbd has no size" sh -c "[ \$(cat /sys/block/$dev/size) = 131072 ]"
+	out=$(fio --name=cli --filename="$nbd" --rw=randwrite --bs=4k --size=16M --ioengine=libaio --iodepth=8 \
+		--direct=1 --verify=crc32c --verify_fatal=1 --do_verify=1 --verify_state_save=0 \
+		--output-format=terse --terse-version=3 2>&1) || fail "cli: fio on $nbd"
+	[ "$(echo "$out" | awk -F';' '/^3;/ {print $5}')" = 0 ] || fail "cli: fio verify on $nbd: $out"
+	mkdir -p /run/mnt
+	if mkfs.ext4 -q "$nbd" && mount "$nbd" /run/mnt; then
+		echo hello >/run/mnt/f && sync
+		list=$(U --output NAME,MOUNTPOINT --noheadings --raw)
+		log "cli: mounted -> $list"
+		check "list: $name not shown at /run/mnt" grep -q "^$name /run/mnt$" <<<"$list"
+		umount /run/mnt
+	else
+		fail "cli: mkfs.ext4/mount on $nbd"
+	fi
+	out=$(U detach "$name" 2>&1) || fail "cli: detach: $out"
+	check "detach: $nbd still connected" grep -qx 0 "/sys/block/$dev/size"
+	out=$(U --reset "$name" 2>&1) || fail "cli: --reset after detach: $out"
+
+	printf '[uzram5]\nzram-size = ram / 4\ncompression-algorithm = lz4 (zstd)\nswap-priority = 50\n' >"$dir/uzram.conf"
+	out=$(U setup --config "$dir/uzram.conf" 2>&1) || fail "cli: setup: $out"
+	log "cli: uzram setup --config (uzram5, ram / 4, lz4 (zstd), priority 50) -> $out"
+	nbd=$(U -n --raw -o NAME,MOUNTPOINT | awk '$1 == "uzram5" {print $1}')
+	check "setup: uzram5 not created" [ -n "$nbd" ]
+	# shellcheck disable=SC2016 # awk's own fields
+	check "setup: no swap with priority 50" awk '$5 == 50 {ok = 1} END {exit !ok}' /proc/swaps
+	out=$(U recomp-algorithm uzram5 2>&1) && log "cli: recomp_algorithm of uzram5: $out"
+	out=$(U swapoff uzram5 2>&1) || fail "cli: swapoff uzram5: $out"
+
+	kill -TERM "$pid"
+	wait "$pid" || fail "cli: daemon exited with status $?"
+	unset UZRAM_CONTROL
+	sed 's/^/##   /' "$dir/server.log" | tail -20
+	kernel_news
+	say "cli result=$([ "$failed" = "$f0" ] && echo PASS || echo FAIL)"
+}
+
+# ---- a daemon restart under an attached device (issue 9) ---------------------
+
+# restart_phase: attach with nbd-client's ioctl mode and -persist (it stays
+# and reconnects when the server comes back), write with verification, stop
+# the server (SIGTERM saves its state file), look at the device while no
+# server runs, start it again from the state file, and verify every block.
+restart_phase() {
+	local state=/run/uzram/state.img fpid out rc t0 gap r0
+	local job=(--name=restart --filename=/dev/nbd0 --rw=randwrite --bs=4k --size=32M --ioengine=libaio
+		--iodepth=8 --direct=1 --verify=crc32c --verify_fatal=1 --verify_state_save=0
+		--output-format=terse --terse-version=3)
+	rm -f "$state"
+	SERVE_EXTRA="--state-file $state" start_server restart || return 1
+	nbd-client -unix "$SOCK" -N uzram0 -b 4096 -t 600 -nonetlink -persist /dev/nbd0 >/dev/null 2>&1 ||
+		{ fail "restart: nbd-client -nonetlink -persist"; return 1; }
+	for _ in $(seq 50); do [ "$(cat /sys/block/nbd0/size)" != 0 ] && break; sleep 0.1; done
+	out=$(fio "${job[@]}" --do_verify=1 2>&1) || true
+	[ "$(echo "$out" | awk -F';' '/^3;/ {print $5}')" = 0 ] || fail "restart: fio write+verify: $out"
+	stop_server
+	log "restart: state file $(stat -c %s "$state" 2>/dev/null || echo missing) bytes"
+	# The device with no server behind it: what does a read see?
+	t0=$SECONDS
+	out=$(timeout 20 dd if=/dev/nbd0 of=/dev/null bs=4k count=1 iflag=direct 2>&1) && r0=ok || r0="status $?"
+	log "restart: read with no server: $r0 after $((SECONDS - t0)) s ($(echo "$out" | tail -1))"
+	SERVE_EXTRA="--state-file $state" start_server restart || return 1
+	t0=$SECONDS
+	gap=none
+	for _ in $(seq 60); do
+		if dd if=/dev/nbd0 of=/dev/null bs=4k count=1 iflag=direct 2>/dev/null; then gap=$((SECONDS - t0)); break; fi
+		sleep 0.5
+	done
+	log "restart: device readable again after ${gap} s"
+	out=$(fio "${job[@]}" --verify_only=1 2>&1) && rc=0 || rc=$?
+	local verdict=FAIL
+	if [ "$rc" = 0 ] && [ "$(echo "$out" | awk -F';' '/^3;/ {print $5}')" = 0 ]; then
+		verdict=PASS
+	else
+		fail "restart: fio verify after restart: $(echo "$out" | tail -3)"
+	fi
+	say "restart read_without_server=\"$r0\" reconnect_s=$gap verify_after_restart=$verdict"
+	nbd-client -d /dev/nbd0 >/dev/null 2>&1 || true
+	# A -persist client that outlived -d (this is the guest: nothing else
+	# runs nbd-client here).
+	fpid=$(pgrep -x nbd-client || true)
+	# shellcheck disable=SC2086 # a list of pids
+	[ -n "$fpid" ] && kill $fpid 2>/dev/null
+	stop_server
+	kernel_news
+}
+
 # ---- the run -----------------------------------------------------------------
 
 log "guest up: $(uname -r), $(nproc) CPUs, $(awk '/^MemTotal:/ {print $2}' /proc/meminfo) KiB RAM, server $SERVER"
@@ -356,5 +490,17 @@ if has fio; then
 	say "phase name=fio seconds=$((SECONDS - T0))"
 fi
 
+if has cli && [ "$SERVER" = uzram ]; then
+	T0=$SECONDS
+	cli_phase
+	say "phase name=cli seconds=$((SECONDS - T0))"
+fi
+
+if has restart && [ "$SERVER" = uzram ]; then
+	T0=$SECONDS
+	restart_phase
+	say "phase name=restart seconds=$((SECONDS - T0))"
+fi
+
 say "scenario failed=$failed"
-exit "$failed"
+exit $((failed > 0))

@@ -14,7 +14,9 @@
 #   NBD_FLAGS                 nbd-client flags after -unix SOCK -N uzram0
 #   FIO_SIZE=32M              span of the fio jobs
 #   GUEST_TIMEOUT=330         seconds before the whole VM is killed
-#   PHASES="uzram zram fio"   which parts to run (uzram: swap on the server)
+#   PHASES="uzram zram fio cli restart"  which parts to run (uzram: swap on the
+#                             server; cli: uzram swapon/attach/setup; restart:
+#                             daemon restart with a state file under nbd-client)
 #   UZRAM_FLAGS               extra `uzram serve` flags, e.g. --no-io-flusher
 #   MEMCHECK_TIMEOUT=150      seconds one memcheck run may take
 #   PAGE_CLUSTER=0            vm.page-cluster in the guest (swap readahead)
@@ -44,7 +46,7 @@ NBD_FLAGS=${NBD_FLAGS:--b 4096 -connections 2 -t 600 -swap}
 # would not finish; the verdict is what counts, not the IOPS.
 FIO_SIZE=${FIO_SIZE:-32M}
 GUEST_TIMEOUT=${GUEST_TIMEOUT:-330}
-PHASES=${PHASES:-uzram zram fio}
+PHASES=${PHASES:-uzram zram fio cli restart}
 UZRAM_FLAGS=${UZRAM_FLAGS:-}
 SERVER_WRAP=${SERVER_WRAP:-}
 
@@ -166,6 +168,14 @@ if [[ " $PHASES " == *" uzram "* ]] && ! grep -q '^@@ summary dev=uzram memcheck
 	echo "guest-swap: FAIL: no passing memcheck on the NBD server"
 	status=1
 fi
+if [ "$SERVER" = uzram ] && [[ " $PHASES " == *" cli "* ]] && ! grep -q '^@@ cli result=PASS' "$console"; then
+	echo "guest-swap: FAIL: the CLI phase (swapon, attach, setup) did not pass"
+	status=1
+fi
+if [ "$SERVER" = uzram ] && [[ " $PHASES " == *" restart "* ]] && ! grep -q '^@@ restart .*verify_after_restart=PASS' "$console"; then
+	echo "guest-swap: FAIL: data did not survive a daemon restart with its state file"
+	status=1
+fi
 grep '^@@ fail ' "$console" || true
 
 echo
@@ -189,6 +199,7 @@ awk '
 			printf fmt, k, a, b
 		}
 	}' "$console"
+grep -E '^@@ (cli|restart|phase) ' "$console" | sed 's/^@@ //' || true
 if [ "$status" = 0 ]; then
 	echo "guest-swap: PASS"
 else
