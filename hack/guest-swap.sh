@@ -191,7 +191,7 @@ awk '
 	END {
 		fmt = "%-22s %-12s %-12s\n"
 		printf fmt, "", "uzram/nbd", "kernel zram"
-		split("memcheck peak_swap_mib ratio stored_mib mem_used_mib trim_freed_pages after_free_mib after_swapoff_mib elapsed_s randwrite_verify randwrite_iops verify_read_iops randread_verify randread_iops", keys, " ")
+		split("memcheck peak_swap_mib ratio stored_mib mem_used_mib trim_freed_pages after_free_mib after_swapoff_mib after_blkdiscard_mib elapsed_s randwrite_verify randwrite_iops verify_read_iops randread_verify randread_iops", keys, " ")
 		for (i = 1; i in keys; i++) {
 			k = keys[i]
 			a = ("uzram", k) in S ? S["uzram", k] : "-"
