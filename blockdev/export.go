@@ -9,6 +9,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/uzram/uzram/pagestore"
 	"github.com/uzram/uzram/zcomp"
@@ -16,6 +17,14 @@ import (
 
 // PageKind says how a stored page is kept.
 type PageKind uint8
+
+// ImportPage retries a Put that found no pre-faulted store memory this many
+// times, importNoMemPause apart (each Put itself waits ReserveWait first):
+// over half a minute, then the restore fails as out of memory.
+const (
+	importNoMemRetries = 300
+	importNoMemPause   = 10 * time.Millisecond
+)
 
 const (
 	// PageSame is a same-filled page: Data is the 8-byte fill word,
@@ -125,6 +134,13 @@ func (d *Device) ImportPage(p ExportedPage) error {
 		return nil
 	}
 	h, err := d.store.Put(p.Data)
+	for try := 0; errors.Is(err, pagestore.ErrNoMem) && try < importNoMemRetries; try++ {
+		// A restore is not the swap write path, which must answer at once:
+		// it may wait for the store's refiller as long as that takes (a
+		// slow machine faulting in a burst of spans looks stuck to Put).
+		time.Sleep(importNoMemPause)
+		h, err = d.store.Put(p.Data)
+	}
 	if err != nil {
 		if c != nil {
 			c.pool.Unref()

@@ -32,6 +32,7 @@ import (
 	"path/filepath"
 
 	"github.com/uzram/uzram/blockdev"
+	"github.com/uzram/uzram/pagestore"
 )
 
 const (
@@ -279,7 +280,8 @@ func load(cr *countingReader, d *blockdev.Device) (Summary, error) {
 				p.Algorithm, p.Params = a.name, a.params
 			}
 			if err := d.ImportPage(p); err != nil {
-				if errors.Is(err, blockdev.ErrNoSpace) {
+				if errors.Is(err, blockdev.ErrNoSpace) || errors.Is(err, pagestore.ErrNoMem) {
+					// Out of room or memory is not the file's fault.
 					return sum, fmt.Errorf("state: record %d: %w", records, err)
 				}
 				return sum, corrupt("record %d: %v", records, err)
