@@ -117,7 +117,11 @@
 // high one (hysteresis); spans that Free or compaction release go back into
 // the reserve, pages and all, while it is below its high watermark, and only
 // past it are they discarded, so the refiller never faults in what
-// compaction has just given back.
+// compaction has just given back. Boosts do not last: when the store
+// empties (TRIM of everything) the refiller puts every pool back to its base
+// watermarks, discards the reserved spans past them and lets the classes'
+// span tables shrink, so an emptied store holds what a new one does; a
+// boosted pool that hands out no span for 30 to 60 s goes back to base too.
 //
 // Accounting: reserved spans are not in MemUsed (mem_used_total counts what
 // holds objects, as zsmalloc's pages) but reported as Stats.ReserveBytes.

@@ -100,7 +100,10 @@ type spanPool struct {
 	reserve   bool
 	res       []resSlot
 	low, high int         // watermarks, in spans
+	baseHigh  int         // high to start with and to shrink back to
 	dry       atomic.Bool // a Put found res empty since the refiller last looked
+	taken     uint64      // spans take handed out (under mu), for the idle decay
+	takenSeen uint64      // taken at the refiller's last decay tick
 }
 
 func newSpanPool(pages uint32) *spanPool {
@@ -169,6 +172,13 @@ func (p *spanPool) release(a *arena, slot uint32) {
 	if p.keep(a, slot) {
 		return
 	}
+	p.drop(a, slot)
+}
+
+// drop discards a span's pages and returns its slot to its arena, unmapping
+// an arena left empty (release's second half; the reserve's shrink uses it
+// for reserved spans it no longer wants).
+func (p *spanPool) drop(a *arena, slot uint32) {
 	discard(unsafe.Add(a.base, uintptr(slot)*p.spanBytes), p.spanBytes)
 	p.mu.Lock()
 	defer p.mu.Unlock()

@@ -51,6 +51,11 @@ const (
 	// there, so the reserve never holds more than this (plus what the base
 	// watermarks add), whatever the workload.
 	reserveTotalMax = 8 << 20
+	// reserveDecay is how long a pool whose watermarks a burst boosted must
+	// go without handing out a span before they drop back to base and the
+	// excess reserve goes back to the OS (the pool is idle: its next burst
+	// boosts it again). A store that empties drops them at once.
+	reserveDecay = 30 * time.Second
 	// reservePoll is how often a waiting Put looks again.
 	reservePoll = 100 * time.Microsecond
 	// reserveWaitCap bounds a Put's wait, in ReserveWaits, even while the
@@ -117,6 +122,7 @@ func (p *spanPool) initReserve() {
 	p.reserve = true
 	p.high = max(4, int(reserveBaseBytes/p.spanBytes))
 	p.low = p.high / 2
+	p.baseHigh = p.high
 	p.res = make([]resSlot, 0, 2*(reservePoolMax/int(p.spanBytes)+4))
 }
 
@@ -132,6 +138,7 @@ func (p *spanPool) take() (base unsafe.Pointer, a *arena, slot uint32, ok, low b
 	}
 	r := p.res[n-1]
 	p.res = p.res[:n-1]
+	p.taken++
 	low = n-1 < p.low
 	p.mu.Unlock()
 	return unsafe.Add(r.a.base, uintptr(r.slot)*p.spanBytes), r.a, r.slot, true, low
@@ -320,20 +327,103 @@ func (s *Store) awaitRefill(w *refillWait) bool {
 }
 
 // refillLoop is the refiller: it runs whenever a Put takes the reserve
-// below a low watermark or finds something not ready.
+// below a low watermark or finds something not ready, and gives back what
+// bursts added to the reserve once the store empties or a pool idles.
 func (s *Store) refillLoop() {
 	defer close(s.refillDone)
+	decay := time.NewTicker(reserveDecay)
+	defer decay.Stop()
 	for {
+		idle := false
 		select {
 		case <-s.refillStop:
 			return
 		case <-s.refillWake:
+		case <-decay.C:
+			idle = true
 		}
 		if s.refillHeld.Load() {
 			continue
 		}
+		if s.emptied.Swap(false) && s.memUsed.Load() == 0 {
+			s.shrinkReserve(true)
+		} else if idle {
+			s.shrinkReserve(false)
+		}
 		s.refillAll(false)
 	}
+}
+
+// shrinkReserve gives back what bursts added: pools' boosted watermarks go
+// back to base and reserved spans beyond it are discarded. With empty (the
+// store holds nothing) every pool shrinks, and classes drop their span
+// tables grown for the spans they held; otherwise only pools that handed out
+// no span since the last call (a decay tick ago) do. It runs in the refiller
+// (or a test), outside the write path: Put only ever finds a smaller, still
+// faulted-in reserve, and a burst boosts it again.
+func (s *Store) shrinkReserve(empty bool) {
+	s.refillMu.Lock()
+	defer s.refillMu.Unlock()
+	for _, p := range s.pools {
+		if p == nil {
+			continue
+		}
+		p.mu.Lock()
+		idle := p.taken == p.takenSeen
+		p.takenSeen = p.taken
+		p.mu.Unlock()
+		if empty || idle {
+			s.highTotal.Add(-p.shrink())
+		}
+	}
+	if empty {
+		for i := range s.classes {
+			s.classes[i].shrinkTable()
+		}
+	}
+}
+
+// shrink puts p's watermarks back to base and discards reserved spans past
+// the base high watermark. It returns the bytes the high watermark dropped.
+func (p *spanPool) shrink() (highDrop int64) {
+	p.mu.Lock()
+	if p.high > p.baseHigh {
+		highDrop = int64(p.high-p.baseHigh) * int64(p.spanBytes)
+		p.high, p.low = p.baseHigh, p.baseHigh/2
+	}
+	p.mu.Unlock()
+	for {
+		// One span at a time: the discard is a syscall, kept outside p.mu.
+		p.mu.Lock()
+		n := len(p.res)
+		if n <= p.high {
+			p.mu.Unlock()
+			return highDrop
+		}
+		r := p.res[n-1]
+		p.res = p.res[:n-1]
+		p.mu.Unlock()
+		p.drop(r.a, r.slot)
+	}
+}
+
+// shrinkTable replaces an empty class's span table, grown to its peak span
+// count (12 bytes a span on the Go heap), with one of the size prepare
+// starts from, so the garbage collector can take the old one.
+func (c *class) shrinkTable() {
+	const small = 16 // prepare's first size: room for classHeadroom and more
+	c.mu.Lock()
+	shrink := c.nspans == 0 && cap(c.spans) > small
+	c.mu.Unlock()
+	if !shrink {
+		return
+	}
+	spans, ids := make([]*span, 0, small), make([]uint32, 0, small)
+	c.mu.Lock()
+	if c.nspans == 0 { // no span ids are in use: none needs keeping
+		c.spans, c.freeIDs = spans, ids
+	}
+	c.mu.Unlock()
 }
 
 // refillAll tops up everything Put may need: the handle table's next chunk,

@@ -146,6 +146,7 @@ type Store struct {
 	refilled     atomic.Int64                         // refiller progress: runs of spans, chunks, classes made ready
 	populating   atomic.Int64                         // when the refiller entered populate (unix ns), 0 outside
 	noMem        atomic.Int64                         // Puts failed with ErrNoMem
+	emptied      atomic.Bool                          // MemUsed reached 0: the refiller shrinks the reserve
 	takeHook     func(base unsafe.Pointer, n uintptr) // tests: sees every span taken from the reserve
 }
 
@@ -505,7 +506,12 @@ func (c *class) dropSpan(sp *span) (*arena, uint32) {
 // madvise is a syscall and nobody can reach the span any more.
 func (s *Store) releaseSpan(c *class, ar *arena, arSlot uint32) {
 	c.pool.release(ar, arSlot)
-	s.memUsed.Add(-c.spanBytes)
+	if s.memUsed.Add(-c.spanBytes) == 0 && s.reserve {
+		// The store is empty (TRIM of everything, swapoff): let the
+		// refiller give back what bursts added to the reserve.
+		s.emptied.Store(true)
+		s.kickRefill()
+	}
 }
 
 // updateFreeable keeps c.freeable and the store-wide byte count in step.
