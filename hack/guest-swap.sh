@@ -13,12 +13,12 @@
 #   DEV_SIZE, WORKLOAD        e.g. 1G, 1024M
 #   NBD_FLAGS                 nbd-client flags after -unix SOCK -N uzram0
 #   FIO_SIZE=32M              span of the fio jobs
-#   GUEST_TIMEOUT=330         seconds before the whole VM is killed
+#   GUEST_TIMEOUT=1200        seconds before the whole VM is killed
 #   PHASES="uzram zram fio cli restart"  which parts to run (uzram: swap on the
 #                             server; cli: uzram swapon/attach/setup; restart:
 #                             daemon restart with a state file under nbd-client)
 #   UZRAM_FLAGS               extra `uzram serve` flags, e.g. --no-io-flusher
-#   MEMCHECK_TIMEOUT=150      seconds one memcheck run may take
+#   MEMCHECK_TIMEOUT=600      seconds one memcheck run may take
 #   PAGE_CLUSTER=0            vm.page-cluster in the guest (swap readahead)
 #   SERVER_WRAP               a command the server runs under, e.g. "chrt -o 0"
 #   KERNEL=/boot/vmlinuz-...  guest kernel (default: the newest Debian one)
@@ -45,7 +45,7 @@ NBD_FLAGS=${NBD_FLAGS:--b 4096 -connections 2 -t 600 -swap}
 # 32M: under TCG the NBD path does about 500 4k writes a second, so 256M
 # would not finish; the verdict is what counts, not the IOPS.
 FIO_SIZE=${FIO_SIZE:-32M}
-GUEST_TIMEOUT=${GUEST_TIMEOUT:-330}
+GUEST_TIMEOUT=${GUEST_TIMEOUT:-1200}
 PHASES=${PHASES:-uzram zram fio cli restart}
 UZRAM_FLAGS=${UZRAM_FLAGS:-}
 SERVER_WRAP=${SERVER_WRAP:-}
@@ -118,7 +118,7 @@ FIO_SIZE=$FIO_SIZE
 PHASES="$PHASES"
 UZRAM_FLAGS="$UZRAM_FLAGS"
 SERVER_WRAP="$SERVER_WRAP"
-MEMCHECK_TIMEOUT=${MEMCHECK_TIMEOUT:-150}
+MEMCHECK_TIMEOUT=${MEMCHECK_TIMEOUT:-600}
 PAGE_CLUSTER=${PAGE_CLUSTER:-0}
 EOF
 
