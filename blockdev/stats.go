@@ -29,6 +29,9 @@ type Stats struct {
 	Reads, Writes  int64 // requests
 	SlotTableBytes int64 // the slot table's own size, kept apart from the store
 	StoreMetaBytes int64 // the store's Go-heap bookkeeping
+	// StoreReserveBytes is store memory faulted in ahead of writes, outside
+	// MemUsedTotal (pagestore's reserve): resident, not yet holding pages.
+	StoreReserveBytes int64
 	// recompression (recompress.go)
 	IncompressiblePages int64 // pages recompression gave up on, still stored
 	// PriorityPages and PriorityBytes: compressed pages (huge included, at
@@ -66,6 +69,7 @@ func (d *Device) Stats() Stats {
 		IncompressiblePages: c.incompressible.Load(),
 		Recomp:              d.RecompressTotals(),
 	}
+	st.StoreReserveBytes = ss.ReserveBytes
 	// Priority 0 is the rest, so the write path keeps no counter of its own.
 	st.PriorityPages[0] = pages - st.SamePages
 	st.PriorityBytes[0] = st.ComprDataSize

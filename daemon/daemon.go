@@ -161,6 +161,7 @@ func Run(ctx context.Context, cfg Config) error {
 		devs: map[string]*entry{}, fatal: make(chan error, 1),
 	}
 	defer d.closeAll()
+	defer d.startHeapReturn()() // prefault.go: the Go heap shrinks back after a big TRIM
 
 	if !cfg.NoDevice {
 		e, err := d.add(cfg.Device, cfg.Socket)

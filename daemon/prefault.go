@@ -105,7 +105,10 @@ func deepStack(n int) byte {
 // warmHeap allocates n bytes in 8 KiB objects (one-page spans, so the page
 // allocator fills every free gap of the heap first), touches every page and
 // drops them.
-func warmHeap(n int) {
+func warmHeap(n int) { runtime.KeepAlive(touchHeap(n)) }
+
+// touchHeap allocates n bytes in 8 KiB objects and touches every page.
+func touchHeap(n int) [][]byte {
 	const chunk = 8 << 10
 	keep := make([][]byte, 0, n/chunk)
 	for i := 0; i < n/chunk; i++ {
@@ -115,5 +118,97 @@ func warmHeap(n int) {
 		}
 		keep = append(keep, b)
 	}
+	return keep
+}
+
+// Memory back after a big TRIM. The store gives its own memory back at once
+// (pagestore), but the Go heap keeps what it grew to: the span records of a
+// full store (about 1% of it), connection buffers, and the garbage GOGC lets
+// pile up between collections (about 26 MiB beside the ballast). Under the
+// ballast the scavenger never returns any of it, and without one it takes
+// minutes. So once the devices' store memory has fallen by heapReturnDrop
+// from its peak and then held still for a poll (the TRIMs are over, no
+// swap traffic is running), the heap is collected and its free pages go
+// back to the OS, except heapWarm bytes kept faulted in as prepare left them.
+const (
+	heapPoll       = 5 * time.Second
+	heapReturnDrop = 32 << 20
+)
+
+// heapReturn decides when to give heap memory back; used reports the store
+// memory of every device.
+type heapReturn struct {
+	used       func() int64
+	peak, last int64
+}
+
+// due takes one sample and reports whether the heap should go back now.
+func (h *heapReturn) due() bool {
+	cur := h.used()
+	h.peak = max(h.peak, cur)
+	still := cur == h.last
+	h.last = cur
+	if still && h.peak-cur >= heapReturnDrop {
+		h.peak = cur
+		return true
+	}
+	return false
+}
+
+// watchHeap runs h until stop is closed, returning the heap when due.
+func watchHeap(h *heapReturn, stop <-chan struct{}) {
+	t := time.NewTicker(heapPoll)
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+			if h.due() {
+				returnHeap(ballast != nil)
+			}
+		}
+	}
+}
+
+// startHeapReturn starts watching the devices' store memory and returns the
+// function that stops it.
+func (d *Daemon) startHeapReturn() (stop func()) {
+	h := &heapReturn{used: d.storeMemory}
+	h.last = h.used()
+	done := make(chan struct{})
+	go watchHeap(h, done)
+	return func() { close(done) }
+}
+
+// storeMemory is the store memory (mem_used_total) of every device.
+func (d *Daemon) storeMemory() int64 {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var n int64
+	for _, e := range d.devs {
+		n += e.dev.Stats().MemUsedTotal
+	}
+	return n
+}
+
+// returnHeap collects the heap and gives its free pages back to the OS. With
+// warm (prepare ran: memory is locked and the serving path must not fault)
+// heapWarm bytes of it are held, touched, while the rest goes, then dropped,
+// so the heap is left as warm as prepare left it and there is no moment
+// without free pages already faulted in. Under mlock the runtime's
+// MADV_DONTNEED fails and it remaps the range instead: the memory still goes.
+func returnHeap(warm bool) {
+	var keep [][]byte
+	if warm {
+		keep = touchHeap(heapWarm)
+	}
+	debug.FreeOSMemory()
 	runtime.KeepAlive(keep)
+	if warm {
+		keep = nil
+		// Sweep what keep held back into free heap pages, resident.
+		runtime.GC()
+		runtime.GC()
+	}
 }
