@@ -136,7 +136,7 @@ func BenchmarkDict(b *testing.B) {
 	for _, bc := range []struct {
 		name  string
 		level int
-	}{{"zstd", 1}, {"zstd", 0}, {"zstd", 6}, {"deflate", 1}, {"deflate", 0}} {
+	}{{"lz4", 0}, {"lz4hc", 0}, {"zstd", 1}, {"zstd", 0}, {"zstd", 6}, {"deflate", 1}, {"deflate", 0}} {
 		for _, d := range [][]byte{nil, dict} {
 			b.Run(fmt.Sprintf("%s/dict=%v", benchName(bc.name, bc.level), d != nil), func(b *testing.B) {
 				c := newCtx(b, bc.name, Params{Level: bc.level, Dict: d})

@@ -6,15 +6,18 @@ import (
 	"testing"
 )
 
-// FuzzDecompress feeds arbitrary bytes to every backend's decoder. The
-// contract: no panic, nothing written past dst, every error wraps
-// ErrCorrupt, and anything that decodes re-encodes and decodes to itself.
+// FuzzDecompress feeds arbitrary bytes to every backend's decoder, with
+// and without a dictionary. The contract: no panic, nothing written past
+// dst, every error wraps ErrCorrupt, and anything that decodes re-encodes
+// and decodes to itself.
 // Run it with: go test -fuzz=FuzzDecompress -fuzztime=30s ./zcomp/
 func FuzzDecompress(f *testing.F) {
-	names := Names()
-	ctxs := make([]Context, len(names))
-	for i, name := range names {
-		ctxs[i] = newCtx(f, name, Params{})
+	var names []string
+	var ctxs []Context
+	dict := readDict(f)
+	for _, name := range Names() {
+		names = append(names, name, name+"+dict")
+		ctxs = append(ctxs, newCtx(f, name, Params{}), newCtx(f, name, Params{Dict: dict}))
 	}
 	// Seeds: real compressed pages for each backend (so the fuzzer starts
 	// from valid streams and mutates them), plus plain garbage.

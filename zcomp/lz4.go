@@ -1,7 +1,6 @@
 package zcomp
 
 import (
-	"errors"
 	"fmt"
 
 	"github.com/pierrec/lz4/v4"
@@ -18,17 +17,15 @@ import (
 // Inputs over 64 KiB (never a page; only a direct caller could pass one) go
 // to pierrec's Compressor, allocated on first use, whatever the level.
 //
-// Dictionaries are rejected: pierrec/lz4 v4.1.33 can decode against a
-// dictionary (UncompressBlockWithDict) but has no compressor that takes one,
-// and ours does not either.
+// A dictionary (any bytes: LZ4 has no trained format) is used as zram's
+// LZ4_loadDict: its last 60 KiB precede every page (lz4dict.go), and pages
+// decode with pierrec's UncompressBlockWithDict.
 type lz4Backend struct{}
 
 func init() { Register(lz4Backend{}) }
 
 // lz4MaxAcceleration is LZ4_ACCELERATION_MAX; lz4.c clamps above it.
 const lz4MaxAcceleration = 65537
-
-var errLZ4Dict = errors.New("dictionaries are not supported: pierrec/lz4 v4.1.33 cannot compress with one; use zstd or deflate")
 
 func (lz4Backend) Name() string { return "lz4" }
 
@@ -40,10 +37,13 @@ func (b lz4Backend) NewContext(p Params) (Context, error) {
 	if err := b.ValidateLevel(p.Level); err != nil {
 		return nil, err
 	}
-	if p.Dict != nil {
-		return nil, fmt.Errorf("zcomp: lz4: %w", errLZ4Dict)
+	accel := max(p.Level, 1)
+	if len(p.Dict) > 0 {
+		// A context of its own, so the plain one's Compress stays as it was.
+		return &lz4DictContext{lz4Context: lz4Context{accel: accel},
+			denc: newLZ4DictEncoder(p.Dict), dict: lz4DictTail(p.Dict)}, nil
 	}
-	return &lz4Context{accel: max(p.Level, 1)}, nil
+	return &lz4Context{accel: accel}, nil
 }
 
 // lz4Context keeps the encoder's 8 KiB hash table so a page costs no
@@ -68,6 +68,25 @@ func (c *lz4Context) Compress(dst, src []byte) (int, error) {
 func (c *lz4Context) Decompress(dst, src []byte) (int, error) { return lz4Decompress(dst, src) }
 
 func (c *lz4Context) Close() {}
+
+// lz4DictContext compresses pages against a dictionary. Larger inputs go to
+// the plain encoders: their blocks decode the same with the dictionary.
+type lz4DictContext struct {
+	lz4Context
+	denc *lz4DictEncoder
+	dict []byte // the dictionary's last 64 KiB, for the decoder
+}
+
+func (c *lz4DictContext) Compress(dst, src []byte) (int, error) {
+	if len(src) <= PageSize {
+		return c.denc.compress(dst, src, c.accel)
+	}
+	return c.lz4Context.Compress(dst, src)
+}
+
+func (c *lz4DictContext) Decompress(dst, src []byte) (int, error) {
+	return lz4DecompressDict(dst, src, c.dict)
+}
 
 // lz4Result maps pierrec's ways of saying "does not fit" onto ErrNoSpace:
 // n == 0 (with or without a short-buffer error). Compressing a page cannot

@@ -19,6 +19,9 @@ import (
 //   - The table is zeroed at the start of each call (a memclr of 8 KiB,
 //     about 150 ns here), so the output depends on the input and
 //     acceleration only, never on the pages the context compressed before.
+//     With a dictionary (lz4dict.go) it is instead restored to the state
+//     the dictionary left it in, and the input follows the dictionary in
+//     one window: encode's start.
 //   - Greedy parsing, as LZ4: hash 4 bytes, look up one candidate, extend a
 //     match forwards 8 bytes at a time and backwards over pending literals.
 //     After a match, the positions at its end-2 and end are hashed and the
@@ -102,10 +105,19 @@ func putLen(dst []byte, di, n int) int {
 // LZ4_compress_fast's acceleration: the initial step between probes. src
 // must be at most lz4PageMaxInput bytes.
 func (e *lz4PageEncoder) compress(dst, src []byte, accel int) (int, error) {
-	n := len(src)
-	di, anchor := 0, 0
-	if n >= lz4MinInput {
-		di, anchor = e.sequences(dst, src, accel)
+	clear(e.table[:]) // memclr's vector loop: ~150 ns, where e.table = ... is a slower rep stosq
+	return e.encode(dst, src, 0, accel)
+}
+
+// encode writes win[start:] as one LZ4 block into dst. win[:start] is a
+// dictionary whose positions the caller has put in the table; matches may
+// reach back into it. Positions are uint16, so len(win) is at most
+// lz4PageMaxInput and every offset is within the 64 KiB window.
+func (e *lz4PageEncoder) encode(dst, win []byte, start, accel int) (int, error) {
+	n := len(win)
+	di, anchor := 0, start
+	if n-start >= lz4MinInput {
+		di, anchor = e.sequences(dst, win, start, accel)
 		if di < 0 {
 			return 0, ErrNoSpace
 		}
@@ -123,25 +135,25 @@ func (e *lz4PageEncoder) compress(dst, src []byte, accel int) (int, error) {
 		dst[di] = lz4RunMask << 4
 		di = putLen(dst, di+1, lit)
 	}
-	di += copy(dst[di:], src[anchor:])
+	di += copy(dst[di:], win[anchor:])
 	return di, nil
 }
 
-// sequences encodes every sequence but the last into dst and returns the
-// output length and the start of the literals left for the last sequence;
-// di is -1 when the output does not fit in len(dst). len(src) is
-// lz4MinInput..lz4PageMaxInput.
-func (e *lz4PageEncoder) sequences(dst, src []byte, accel int) (di, anchor int) {
+// sequences encodes every sequence of src[start:] but the last into dst and
+// returns the output length and the start of the literals left for the last
+// sequence; di is -1 when the output does not fit in len(dst). len(src) is
+// at most lz4PageMaxInput and len(src)-start at least lz4MinInput.
+func (e *lz4PageEncoder) sequences(dst, src []byte, start, accel int) (di, anchor int) {
 	t := &e.table
-	clear(t[:]) // memclr's vector loop: ~150 ns, where *t = ... is a slower rep stosq
 	n := len(src)
 	// A probe at p reads src[p:p+4]; a match may start at p <= mfLimit and
 	// extend up to matchLimit (exclusive).
 	mfLimit := n - lz4MFLimit
 	matchLimit := n - lz4LastLiterals
 
-	// Position 0 is in the table already (zeroed); start probing at 1.
-	ip := 1
+	// Without a dictionary position 0 is in the table already (zeroed), so
+	// probing starts at 1; with one, at the input's first byte.
+	ip, anchor := max(start, 1), start
 	for {
 		var ref int
 		if ip, ref = e.find(src, ip, accel); ip < 0 {

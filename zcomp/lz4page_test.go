@@ -29,7 +29,14 @@ var lz4PageAccels = []int{1, 2, 8, 100, lz4MaxAcceleration}
 // them, may rely on.
 // It returns the largest offset used.
 func lz4SpecCheck(block, want []byte) (maxOff int, err error) {
-	var out []byte
+	return lz4SpecCheckDict(block, want, nil)
+}
+
+// lz4SpecCheckDict is lz4SpecCheck for a block compressed against dict:
+// offsets may reach back into it, as if it preceded the output.
+func lz4SpecCheckDict(block, want, dict []byte) (maxOff int, err error) {
+	out := slices.Clone(dict)
+	base := len(dict)
 	lastStart, lastEnd := -1, -1 // the last match, in output positions
 	readLen := func(i, n int) (int, int, error) {
 		if n != 15 {
@@ -72,7 +79,7 @@ func lz4SpecCheck(block, want []byte) (maxOff int, err error) {
 		off := int(binary.LittleEndian.Uint16(block[i:]))
 		i += 2
 		if off == 0 || off > len(out) {
-			return 0, fmt.Errorf("offset %d at output %d", off, len(out))
+			return 0, fmt.Errorf("offset %d at output %d", off, len(out)-base)
 		}
 		var ml int
 		if i, ml, err = readLen(i, int(tok&15)); err != nil {
@@ -80,13 +87,13 @@ func lz4SpecCheck(block, want []byte) (maxOff int, err error) {
 		}
 		ml += 4
 		maxOff = max(maxOff, off)
-		lastStart = len(out)
+		lastStart = len(out) - base
 		for k := 0; k < ml; k++ {
 			out = append(out, out[len(out)-off])
 		}
-		lastEnd = len(out)
+		lastEnd = len(out) - base
 	}
-	if !bytes.Equal(out, want) {
+	if out = out[base:]; !bytes.Equal(out, want) {
 		return 0, fmt.Errorf("decodes to %d bytes that differ from the input (%d bytes)", len(out), len(want))
 	}
 	if lastStart >= 0 && (lastStart > len(out)-lz4MFLimit || lastEnd > len(out)-lz4LastLiterals) {

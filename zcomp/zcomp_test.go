@@ -367,8 +367,9 @@ func TestZeroAlloc(t *testing.T) {
 		for _, l := range testLevels[name] {
 			params = append(params, Params{Level: l})
 		}
-		if name == "zstd" || name == "deflate" {
-			params = append(params, Params{Dict: dict})
+		params = append(params, Params{Dict: dict})
+		if name == "lz4" || name == "lz4hc" {
+			params = append(params, Params{Level: 1, Dict: dict}, Params{Level: testLevels[name][len(testLevels[name])-1], Dict: dict})
 		}
 		for _, p := range params {
 			c := newCtx(t, name, p)
