@@ -7,7 +7,10 @@
 #   hack/bench.sh --quick    spine figures only (a few minutes)
 #   hack/bench.sh --go       Go hot-path benchmarks with -benchmem
 #
-# Any other flags go to hack/bench (see: go run ./hack/bench --help).
+# Any other flags go to hack/bench (see: go run ./hack/bench --help). To
+# measure just the request path quickly, or a change before/after in one run:
+#   hack/bench.sh --quick --no-zram --targets uzram-lz4-percpu,nbdkit-null,nbdkit-zstd \
+#       --jobs "QD32 x2" --uzram-b OLD_BINARY   (then add uzramB-lz4-percpu to --targets)
 # Results: results/bench-<date>.md (also on stdout), .tsv and .png charts.
 # Needs root for /dev/zram0 (skipped otherwise, or with --no-zram).
 set -euo pipefail

@@ -29,6 +29,9 @@ type options struct {
 	bin, repo, out        string
 	runs, runtime, ramp   int
 	goPkgs, goBenchtime   string
+	// Narrowing a run (profiling, before/after comparisons): which targets
+	// and jobs, and a second uzram binary measured beside the first.
+	targets, jobs, binB string
 }
 
 func main() {
@@ -44,6 +47,9 @@ func main() {
 	flag.IntVar(&o.ramp, "ramp", 1, "fio ramp seconds per run")
 	flag.StringVar(&o.goPkgs, "go-pkgs", "./blockdev ./zcomp ./streams ./pagestore", "packages for --go")
 	flag.StringVar(&o.goBenchtime, "go-benchtime", "1s", "-benchtime for --go")
+	flag.StringVar(&o.targets, "targets", "", "only these targets, comma-separated: uzram-lz4-percpu, uzram-lz4-pool, uzram-zstd-percpu, uzramB-lz4-percpu, nbdkit-null, nbdkit-sparse, nbdkit-zstd (default all)")
+	flag.StringVar(&o.jobs, "jobs", "", "only jobs whose name contains one of these, comma-separated, e.g. \"randwrite QD32,randread QD1\"")
+	flag.StringVar(&o.binB, "uzram-b", "", "a second uzram binary, run as 'uzramB lz4 percpu' beside the first (before/after in one run)")
 	flag.StringVar(&zram.marker, "zram-marker", "", "file holding our PID while /dev/zram0 is ours (for bench.sh's trap)")
 	flag.Parse()
 	if o.runtime == 0 {
@@ -94,6 +100,18 @@ func run(ctx context.Context, o options) error {
 		// tight, so the other kinds get the throughput jobs only.
 		plan = []step{{half, allJobs()}, {random, throughputJobs()}, {zeros, throughputJobs()}}
 	}
+	if o.jobs != "" {
+		var kept []step
+		for _, p := range plan {
+			if p.jobs = pickJobs(p.jobs, o.jobs); len(p.jobs) > 0 {
+				kept = append(kept, p)
+			}
+		}
+		if len(kept) == 0 {
+			return fmt.Errorf("--jobs %q matches no job", o.jobs)
+		}
+		plan = kept
+	}
 	f := fio{runtime: o.runtime, ramp: o.ramp, tmp: tmp}
 	for _, p := range plan {
 		kr, err := runKind(ctx, o, f, tmp, p.kind, p.jobs)
@@ -115,7 +133,10 @@ func runKind(ctx context.Context, o options, f fio, tmp string, d dataKind, jobs
 	kr := &kindResult{kind: d, jobs: jobs, samples: map[string]map[string][]sample{}}
 	defer stopAll()
 	defer zramReset()
-	kr.targets = serverTargets(o.bin, tmp)
+	kr.targets = pickTargets(serverTargets(o.bin, o.binB, tmp), o.targets)
+	if len(kr.targets) == 0 {
+		return nil, fmt.Errorf("--targets %q matches no target", o.targets)
+	}
 	for _, t := range kr.targets {
 		if err := t.start(tmp); err != nil {
 			return nil, err
@@ -189,6 +210,39 @@ func runKind(ctx context.Context, o options, f fio, tmp string, d dataKind, jobs
 		}
 	}
 	return kr, nil
+}
+
+// pickJobs keeps the jobs whose name contains one of the comma-separated
+// patterns.
+func pickJobs(js []job, patterns string) []job {
+	var out []job
+	for _, j := range js {
+		for _, p := range strings.Split(patterns, ",") {
+			if p = strings.TrimSpace(p); p != "" && strings.Contains(j.name, p) {
+				out = append(out, j)
+				break
+			}
+		}
+	}
+	return out
+}
+
+// pickTargets keeps the targets named (by file name) in the comma-separated
+// list; an empty list keeps them all.
+func pickTargets(ts []*target, names string) []*target {
+	if names == "" {
+		return ts
+	}
+	var out []*target
+	for _, t := range ts {
+		for _, n := range strings.Split(names, ",") {
+			if strings.TrimSpace(n) == t.file {
+				out = append(out, t)
+				break
+			}
+		}
+	}
+	return out
 }
 
 func logf(format string, a ...any) {

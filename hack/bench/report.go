@@ -138,7 +138,7 @@ func (r *report) write(mdPath string) error {
 		r.writeKind(&b, kr, i)
 	}
 	r.writeMemory(&b)
-	b.WriteString("Reproduce: `hack/bench.sh" + map[bool]string{true: " --quick", false: ""}[r.opts.quick] + "`\n")
+	b.WriteString("Reproduce: `" + r.opts.command() + "`\n")
 
 	if err := os.WriteFile(mdPath, []byte(b.String()), 0o644); err != nil {
 		return err
@@ -185,29 +185,55 @@ func (r *report) writeKind(b *strings.Builder, kr *kindResult, i int) {
 	}
 
 	// Ratios of median IOPS: against the transport ceiling and the
-	// compressed-RAM peer, the two comparisons the issue's targets name.
-	null, zstd := kr.byName("nbdkit null"), kr.byName("nbdkit memory zstd")
+	// compressed-RAM peer, the two comparisons the issue's targets name;
+	// a narrowed run (--targets) gets the columns of the peers it has.
 	var uz []*target
 	for _, t := range kr.targets {
 		if t.uzram {
 			uz = append(uz, t)
 		}
 	}
-	b.WriteString("\n### uzram ÷ peers (median IOPS; p50 ratio: lower is better)\n\n| job |")
-	for _, t := range uz {
-		fmt.Fprintf(b, " %s ÷ null | ÷ mem zstd | p50 ÷ null |", t.short)
+	type col struct {
+		label string
+		peer  *target
+		f     func(sample) float64
+		fmt   string
 	}
-	b.WriteString("\n|---|" + strings.Repeat("---:|", 3*len(uz)) + "\n")
-	for _, j := range kr.jobs {
-		fmt.Fprintf(b, "| %s |", j.name)
-		n := kr.samples[j.name][null.name]
-		z := kr.samples[j.name][zstd.name]
+	var cols []col
+	if t := kr.byName("nbdkit null"); t != nil {
+		cols = append(cols, col{"÷ null", t, iops, " %.2fx |"})
+	}
+	if t := kr.byName("nbdkit memory zstd"); t != nil {
+		cols = append(cols, col{"÷ mem zstd", t, iops, " %.1fx |"})
+	}
+	if t := kr.byName("nbdkit null"); t != nil {
+		cols = append(cols, col{"p50 ÷ null", t, p50, " %.2f |"})
+	}
+	if a, bt := kr.byName("uzram lz4 percpu"), kr.byName("uzramB lz4 percpu"); a != nil && bt != nil {
+		cols = append(cols, col{"÷ uzramB", bt, iops, " %.2fx |"}, col{"p50 ÷ uzramB", bt, p50, " %.2f |"})
+	}
+	if len(cols) > 0 && len(uz) > 0 {
+		b.WriteString("\n### uzram ÷ peers (median IOPS; p50 ratio: lower is better)\n\n| job |")
 		for _, t := range uz {
-			u := kr.samples[j.name][t.name]
-			fmt.Fprintf(b, " %.2fx | %.1fx | %.2f |", summarize(u, iops).med/summarize(n, iops).med,
-				summarize(u, iops).med/summarize(z, iops).med, summarize(u, p50).med/summarize(n, p50).med)
+			for i, c := range cols {
+				if i == 0 {
+					fmt.Fprintf(b, " %s %s |", t.short, c.label)
+				} else {
+					fmt.Fprintf(b, " %s |", c.label)
+				}
+			}
 		}
-		b.WriteString("\n")
+		b.WriteString("\n|---|" + strings.Repeat("---:|", len(cols)*len(uz)) + "\n")
+		for _, j := range kr.jobs {
+			fmt.Fprintf(b, "| %s |", j.name)
+			for _, t := range uz {
+				u := kr.samples[j.name][t.name]
+				for _, c := range cols {
+					fmt.Fprintf(b, c.fmt, summarize(u, c.f).med/summarize(kr.samples[j.name][c.peer.name], c.f).med)
+				}
+			}
+			b.WriteString("\n")
+		}
 	}
 
 	if kr.kernel != nil {
@@ -337,4 +363,26 @@ func (r *report) writeTSV(path string) error {
 		}
 	}
 	return os.WriteFile(path, []byte(b.String()), 0o644)
+}
+
+// command is the hack/bench.sh line that repeats this run (without the
+// flags bench.sh adds itself).
+func (o options) command() string {
+	c := "hack/bench.sh"
+	if o.quick {
+		c += " --quick"
+	}
+	if o.runs != 3 {
+		c += fmt.Sprintf(" --runs %d", o.runs)
+	}
+	if o.targets != "" {
+		c += fmt.Sprintf(" --targets %q", o.targets)
+	}
+	if o.jobs != "" {
+		c += fmt.Sprintf(" --jobs %q", o.jobs)
+	}
+	if o.binB != "" {
+		c += " --uzram-b BIN"
+	}
+	return c
 }

@@ -41,14 +41,9 @@ type target struct {
 	done   chan struct{}
 }
 
-func serverTargets(bin, dir string) []*target {
+func serverTargets(bin, binB, dir string) []*target {
 	uz := func(alg, mode string) *target {
-		name := "uzram " + alg + " " + mode
-		file := "uzram-" + alg + "-" + mode
-		sock := filepath.Join(dir, file+".sock")
-		return &target{name: name, short: alg + "/" + mode, file: file, uzram: true, sock: sock,
-			argv: []string{bin, "serve", "--socket", sock, "--size", deviceSize, "--algorithm", alg,
-				"--stream-mode", mode, "--no-mlock", "--name", "uzram0"}}
+		return uzTarget(bin, "uzram", "", alg, mode, dir)
 	}
 	kit := func(name, short, file string, plugin ...string) *target {
 		sock := filepath.Join(dir, file+".sock")
@@ -56,14 +51,29 @@ func serverTargets(bin, dir string) []*target {
 		argv := append([]string{"nbdkit", "-f", "-U", sock}, plugin...)
 		return &target{name: name, short: short, file: file, sock: sock, argv: argv}
 	}
-	return []*target{
+	ts := []*target{
 		uz("lz4", "percpu"),
 		uz("lz4", "pool"),
 		uz("zstd", "percpu"),
+	}
+	if binB != "" {
+		ts = append(ts, uzTarget(binB, "uzramB", " B", "lz4", "percpu", dir))
+	}
+	return append(ts,
 		kit("nbdkit null", "null", "nbdkit-null", "null", "size="+deviceSize),
 		kit("nbdkit memory sparse", "mem sparse", "nbdkit-sparse", "memory", "size="+deviceSize, "allocator=sparse"),
 		kit("nbdkit memory zstd", "mem zstd", "nbdkit-zstd", "memory", "size="+deviceSize, "allocator=zstd"),
-	}
+	)
+}
+
+// uzTarget is one uzram server; prefix and suffix tell a second binary's
+// apart from the first's.
+func uzTarget(bin, prefix, suffix, alg, mode, dir string) *target {
+	file := prefix + "-" + alg + "-" + mode
+	sock := filepath.Join(dir, file+".sock")
+	return &target{name: prefix + " " + alg + " " + mode, short: alg + "/" + mode + suffix, file: file, uzram: true, sock: sock,
+		argv: []string{bin, "serve", "--socket", sock, "--size", deviceSize, "--algorithm", alg,
+			"--stream-mode", mode, "--no-mlock", "--name", "uzram0"}}
 }
 
 func kernelTarget() *target {
