@@ -220,7 +220,11 @@ func (s *Store) slotMem(c *class, sp *span, slot uint32, n int) []byte {
 // Put copies data (1..MaxObjectSize bytes) into the store and returns its
 // handle. It fails with ErrLimit only when no span of the object's class has
 // a free slot and a new span would take MemUsed over the limit.
-func (s *Store) Put(data []byte) (Handle, error) {
+func (s *Store) Put(data []byte) (Handle, error) { return s.put(data, true) }
+
+// put is Put; without wait it fails with ErrWouldWait where Put would wait
+// for the refiller (TryPut).
+func (s *Store) put(data []byte, wait bool) (Handle, error) {
 	n := len(data)
 	if n < 1 || n > MaxObjectSize {
 		return 0, fmt.Errorf("pagestore: put of %d bytes: %w", n, ErrSize)
@@ -230,14 +234,14 @@ func (s *Store) Put(data []byte) (Handle, error) {
 	}
 	var w refillWait // the wait for the refiller, once one starts
 	id, kick, err := s.handles.alloc()
-	for err == errRefill && s.awaitRefill(&w) {
+	for err == errRefill && wait && s.awaitRefill(&w) {
 		id, kick, err = s.handles.alloc()
 	}
 	if kick {
 		s.kickRefill()
 	}
 	if err != nil {
-		return 0, s.refillErr(err)
+		return 0, s.putErr(err, wait)
 	}
 	c := s.classFor(n)
 	c.mu.Lock()
@@ -248,9 +252,9 @@ func (s *Store) Put(data []byte) (Handle, error) {
 		}
 		// Wait without the class lock: Reads and Frees of the class go on.
 		c.mu.Unlock()
-		if err != errRefill || !s.awaitRefill(&w) {
+		if err != errRefill || !wait || !s.awaitRefill(&w) {
 			s.handles.free(id)
-			return 0, s.refillErr(err)
+			return 0, s.putErr(err, wait)
 		}
 		c.mu.Lock()
 		sp = c.pickSpan() // another Put may have opened a span meanwhile
