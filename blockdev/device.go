@@ -196,7 +196,11 @@ func (d *Device) ReadAt(p []byte, off uint64) error {
 
 // WriteAt stores p on the device at byte offset off. On failure the pages
 // before the failing one are written and the rest keep their old contents.
-func (d *Device) WriteAt(p []byte, off uint64) error {
+func (d *Device) WriteAt(p []byte, off uint64) error { return d.writeAt(p, off, nil) }
+
+// writeAt is WriteAt; whole pages are compressed into scratch if given
+// (see writePage).
+func (d *Device) writeAt(p []byte, off uint64, scratch []byte) error {
 	if err := d.checkRange(off, len(p)); err != nil {
 		return err
 	}
@@ -207,7 +211,7 @@ func (d *Device) WriteAt(p []byte, off uint64) error {
 		var err error
 		if n == PageSize {
 			d.locks.lock(page)
-			err = d.writePageLocked(page, p[:PageSize])
+			err = d.writePage(page, p[:PageSize], scratch, true)
 			d.locks.unlock(page)
 		} else {
 			err = d.modifyPage(page, in, p[:n])
@@ -286,6 +290,21 @@ func (d *Device) modifyPage(page uint64, in int, p []byte) error {
 	return d.writePageLocked(page, buf[:])
 }
 
+// tryReadPage reads one whole page into dst only if its lock is free at once
+// (inline.go); ok false means nothing was done.
+func (d *Device) tryReadPage(dst []byte, page uint64) (ok bool, err error) {
+	if !d.locks.tryLock(page) {
+		return false, nil
+	}
+	d.stats.reads.Add(1)
+	err = d.readPageLocked(page, dst)
+	d.locks.unlock(page)
+	if err != nil {
+		d.stats.failedReads.Add(1)
+	}
+	return true, err
+}
+
 func (d *Device) readPage(page uint64, dst []byte) error {
 	d.locks.lock(page)
 	defer d.locks.unlock(page)
@@ -341,6 +360,19 @@ func (d *Device) decodeLocked(page uint64, dst []byte) error {
 // writePageLocked stores one full page. The old contents are replaced only
 // once the new ones are safely stored, so a refused write loses nothing.
 func (d *Device) writePageLocked(page uint64, src []byte) error {
+	return d.writePage(page, src, nil, true)
+}
+
+// errWouldWait: a write that must not wait (tryWritePage) needs store memory
+// the refiller has not prepared; nothing changed.
+var errWouldWait = errors.New("blockdev: write would wait for store memory")
+
+// writePage is writePageLocked. With scratch (at least HugeThreshold bytes)
+// the page is compressed into it and the stream is given back before the
+// store is asked for memory, so a Put waiting for the refiller holds no
+// stream that reads need. Without wait it fails with errWouldWait instead of
+// waiting for the refiller.
+func (d *Device) writePage(page uint64, src, scratch []byte, wait bool) error {
 	if word, ok := sameFilled(src); ok {
 		d.freeLocked(page)
 		s := &d.slots[page]
@@ -358,17 +390,33 @@ func (d *Device) writePageLocked(page uint64, src []byte) error {
 	if err != nil {
 		return fmt.Errorf("blockdev: write page %d: %w", page, err)
 	}
-	defer c.pool.Put(st)
-	data, flags := src, slotHuge
-	if n, err := st.Ctx.Compress(st.Buf[:HugeThreshold], src); err == nil {
-		data, flags = st.Buf[:n], 0
-	} else if !errors.Is(err, zcomp.ErrNoSpace) {
-		return fmt.Errorf("blockdev: write page %d: %w", page, err)
+	out := st.Buf
+	if scratch != nil {
+		out = scratch
 	}
-	h, err := d.store.Put(data)
+	data, flags := src, slotHuge
+	n, cerr := st.Ctx.Compress(out[:HugeThreshold], src)
+	if scratch != nil {
+		c.pool.Put(st)
+	} else {
+		defer c.pool.Put(st)
+	}
+	if cerr == nil {
+		data, flags = out[:n], 0
+	} else if !errors.Is(cerr, zcomp.ErrNoSpace) {
+		return fmt.Errorf("blockdev: write page %d: %w", page, cerr)
+	}
+	var h pagestore.Handle
+	if wait {
+		h, err = d.store.Put(data)
+	} else {
+		h, err = d.store.TryPut(data)
+	}
 	switch {
 	case err == nil:
 		d.freeLocked(page)
+	case errors.Is(err, pagestore.ErrWouldWait):
+		return errWouldWait
 	case (errors.Is(err, pagestore.ErrLimit) || errors.Is(err, pagestore.ErrNoMem)) && d.overwriteLocked(page, data):
 		// At mem_limit (or out of reserved memory), but the new contents fit
 		// the old object's place.
@@ -395,6 +443,25 @@ func (d *Device) writePageLocked(page uint64, src []byte) error {
 		d.stats.hugePagesSince.Add(1)
 	}
 	return nil
+}
+
+// tryWritePage stores one whole page only if that needs no waiting: its lock
+// is free at once and the store has memory ready (inline.go). ok false means
+// nothing was done. scratch is as for writePage.
+func (d *Device) tryWritePage(src []byte, page uint64, scratch []byte) (ok bool, err error) {
+	if !d.locks.tryLock(page) {
+		return false, nil
+	}
+	err = d.writePage(page, src, scratch, false)
+	d.locks.unlock(page)
+	if err == errWouldWait {
+		return false, nil
+	}
+	d.stats.writes.Add(1)
+	if err != nil {
+		d.stats.failedWrites.Add(1)
+	}
+	return true, err
 }
 
 // overwriteLocked rewrites a page's stored object in place when the new data

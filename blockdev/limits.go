@@ -92,6 +92,20 @@ func (b *budget) acquire(n int64, quit <-chan struct{}) error {
 	}
 }
 
+// tryAcquire takes n bytes if they are free now and nobody waits before us.
+func (b *budget) tryAcquire(n int64) bool {
+	if n <= 0 {
+		return true
+	}
+	b.mu.Lock()
+	ok := len(b.waiters) == 0 && b.avail >= n
+	if ok {
+		b.avail -= n
+	}
+	b.mu.Unlock()
+	return ok
+}
+
 func (b *budget) release(n int64) {
 	if n <= 0 {
 		return

@@ -58,6 +58,9 @@ func (b *rxBuffer) fill() error {
 	return err
 }
 
+// buffered is how many bytes a Read returns without touching src.
+func (b *rxBuffer) buffered() int { return b.end - b.start }
+
 // waitData blocks until at least one byte is buffered: the start of a request.
 func (b *rxBuffer) waitData() error {
 	for b.start == b.end {

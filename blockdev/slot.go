@@ -90,3 +90,6 @@ type pageLocks [lockStripes]struct {
 
 func (l *pageLocks) lock(page uint64)   { l[page&(lockStripes-1)].Lock() }
 func (l *pageLocks) unlock(page uint64) { l[page&(lockStripes-1)].Unlock() }
+func (l *pageLocks) tryLock(page uint64) bool {
+	return l[page&(lockStripes-1)].TryLock()
+}

@@ -1,0 +1,158 @@
+package blockdev
+
+import (
+	"net"
+	"syscall"
+	"unsafe"
+)
+
+// Handing a request to a worker costs a goroutine wakeup, and often a
+// thread wakeup and a context switch (worse when the server runs SCHED_RR:
+// every wakeup preempts the client). Reading or writing one page is bounded
+// CPU work, so on a plain socket the reader serves one-page READs and WRITEs
+// itself when nothing would make it wait: the page's lock is free at once (a
+// write holding it may be waiting for store memory) and, for a write, the
+// store has memory ready (TryPut); streams are held only while compressing
+// (writePage with scratch). Otherwise the request goes to a worker as
+// before. Replies go out with a non-blocking writev: a full socket hands the
+// rest to a worker, so the reader never waits for the client either.
+
+// iovMax is Linux's IOV_MAX: the most buffers one writev takes.
+const iovMax = 1024
+
+// setupInline enables inline serving when the connection is a plain socket.
+func (c *conn) setupInline(inflight int) {
+	if c.tls {
+		return
+	}
+	sc, ok := c.nc.(syscall.Conn)
+	if !ok {
+		return
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return
+	}
+	c.rc = rc
+	c.writevFn = c.writevNB
+	c.scratch = make([]byte, PageSize)
+	prefault(c.scratch)
+	c.iovecs = make([]syscall.Iovec, 0, min(inflight, iovMax))
+}
+
+// serveInline serves r in the reader if it is a one-page READ or WRITE that
+// needs no waiting, or a request that fails validation; it reports whether
+// it did.
+func (c *conn) serveInline(r *request) bool {
+	if c.rc == nil {
+		return false
+	}
+	h := &r.hdr
+	d := c.dev
+	if code := h.Validate(d.Size(), c.tflags); code != 0 {
+		d.CountInvalid()
+		c.prepareReply(r, code, 0)
+	} else {
+		if h.Length != PageSize || h.Offset%PageSize != 0 {
+			return false
+		}
+		var ok bool
+		var err error
+		n := 0
+		switch h.Type {
+		case cmdRead:
+			buf := r.grow(PageSize)
+			ok, err = d.tryReadPage(buf[replyHeaderSize:], h.Offset/PageSize)
+			n = PageSize
+		case cmdWrite:
+			ok, err = d.tryWritePage(r.buf[replyHeaderSize:replyHeaderSize+PageSize], h.Offset/PageSize, c.scratch)
+		}
+		if !ok {
+			return false
+		}
+		code := errno(err)
+		c.srv.count(h.Type, code)
+		c.prepareReply(r, code, n)
+	}
+	if c.done == nil {
+		c.done = r
+	} else {
+		c.doneTail.next = r
+	}
+	c.doneTail = r
+	c.doneLen++
+	return true
+}
+
+// beforeBlock is called where the reader may wait (socket, tokens, budget):
+// nothing it holds may wait with it.
+func (c *conn) beforeBlock() {
+	c.dispatch()
+	c.flushDone()
+}
+
+// flushDone sends the replies the reader prepared.
+func (c *conn) flushDone() {
+	if c.done == nil {
+		return
+	}
+	r := c.done
+	c.done, c.doneTail, c.doneLen = nil, nil, 0
+	c.enqueue(r, false)
+}
+
+// writeNB writes c.iovw without waiting, consuming what it wrote.
+func (c *conn) writeNB() error {
+	c.nbDone, c.nbErr = false, nil
+	if err := c.rc.Write(c.writevFn); err != nil {
+		return err
+	}
+	return c.nbErr
+}
+
+// writevNB is the RawConn.Write callback of writeNB: it always returns true
+// (never wait for the socket to drain).
+func (c *conn) writevNB(fd uintptr) bool {
+	for len(c.iovw) > 0 {
+		c.iovecs = c.iovecs[:0]
+		for _, b := range c.iovw {
+			if len(c.iovecs) == cap(c.iovecs) {
+				break
+			}
+			if len(b) > 0 {
+				v := syscall.Iovec{Base: &b[0]}
+				v.SetLen(len(b))
+				c.iovecs = append(c.iovecs, v)
+			}
+		}
+		if len(c.iovecs) == 0 {
+			c.iovw = c.iovw[:0]
+			break
+		}
+		n, _, e := syscall.Syscall(syscall.SYS_WRITEV, fd, uintptr(unsafe.Pointer(&c.iovecs[0])), uintptr(len(c.iovecs)))
+		switch e {
+		case 0:
+		case syscall.EINTR:
+			continue
+		case syscall.EAGAIN:
+			return true
+		default:
+			c.nbErr = e
+			return true
+		}
+		consume(&c.iovw, int(n))
+	}
+	return true
+}
+
+// consume drops the first n bytes of v, as net.Buffers does while writing.
+func consume(v *net.Buffers, n int) {
+	for len(*v) > 0 {
+		if n < len((*v)[0]) {
+			(*v)[0] = (*v)[0][n:]
+			return
+		}
+		n -= len((*v)[0])
+		*v = (*v)[1:]
+	}
+}
