@@ -101,12 +101,26 @@ func populate(p unsafe.Pointer, n uintptr) {
 	}
 }
 
+// populateChunk bounds one populate call of the refiller. A waiting Put
+// calls the refiller stuck when it reports no progress for ReserveWait, so a
+// long run (a boosted pool refills up to 2 MiB) is faulted in a piece at a
+// time with progress after each: on a slow machine (a TCG guest restoring a
+// state file) one 2 MiB madvise took longer than ReserveWait and the Put
+// failed although the refiller was doing fine.
+const populateChunk = 64 << 10
+
+// populateHook is populate; tests slow it down.
+var populateHook = populate
+
 // populate is the refiller's populate, marked so waiting Puts can tell a
 // refiller stuck in the kernel's reclaim (out of memory: fail fast) from one
-// that is merely not running yet (a busy CPU: keep waiting).
+// that is merely not running yet (a busy CPU: keep waiting) or slow.
 func (s *Store) populate(p unsafe.Pointer, n uintptr) {
-	s.populating.Store(time.Now().UnixNano())
-	populate(p, n)
+	for off := uintptr(0); off < n; off += populateChunk {
+		s.populating.Store(time.Now().UnixNano())
+		populateHook(unsafe.Add(p, off), min(populateChunk, n-off))
+		s.refilled.Add(1) // progress, for awaitRefill
+	}
 	s.populating.Store(0)
 }
 

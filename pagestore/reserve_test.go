@@ -398,3 +398,31 @@ func TestReserveBurst(t *testing.T) {
 		t.Fatalf("%d Puts failed with ErrNoMem", st.NoMemFails)
 	}
 }
+
+// TestReserveSlowPopulateIsProgress: a refiller that faults pages in slowly
+// (a loaded machine, a TCG guest) is not a stuck one. Each populate call
+// here takes 2 ms per 4 KiB page, so a run of 64 spans would take far longer
+// than ReserveWait; the refiller reports progress after every 64 KiB piece,
+// and no Put may fail.
+func TestReserveSlowPopulateIsProgress(t *testing.T) {
+	// Set before the store (and its refiller) exists, restored after it is
+	// closed: cleanups run last-registered first.
+	populateHook = func(p unsafe.Pointer, n uintptr) {
+		time.Sleep(time.Duration(n/PageSize) * 2 * time.Millisecond)
+		populate(p, n)
+	}
+	t.Cleanup(func() { populateHook = populate })
+	s := newStore(t, Options{Reserve: true, ReserveWait: 60 * time.Millisecond})
+	buf := make([]byte, MaxObjectSize)
+	// 4 MiB of 4 KiB objects drains the 4 KiB class's pool many times over.
+	for i := range 1024 {
+		if _, err := s.Put(buf); err != nil {
+			t.Fatalf("put %d: %v (the refiller was slow, not stuck)", i, err)
+		}
+	}
+	st := s.Stats()
+	t.Logf("%d waits for the refiller, %d refill steps", st.ReserveWaits, s.refilled.Load())
+	if st.ReserveWaits == 0 {
+		t.Errorf("no Put waited for the refiller: the test proves nothing")
+	}
+}
