@@ -1,6 +1,7 @@
 package blockdev
 
 import (
+	"io"
 	"net"
 	"syscall"
 	"unsafe"
@@ -21,23 +22,86 @@ import (
 const iovMax = 1024
 
 // setupInline enables inline serving when the connection is a plain socket.
-func (c *conn) setupInline(inflight int) {
+// The receive buffer then reads the socket with raw syscalls too (rawReader),
+// starting with what the handshake's buffer already holds.
+func (c *conn) setupInline(inflight int) error {
 	if c.tls {
-		return
+		return nil
 	}
 	sc, ok := c.nc.(syscall.Conn)
 	if !ok {
-		return
+		return nil
 	}
 	rc, err := sc.SyscallConn()
 	if err != nil {
-		return
+		return nil
 	}
+	held, err := c.br.Peek(c.br.Buffered())
+	if err != nil {
+		return err
+	}
+	c.rx.end = copy(c.rx.buf, held) // handshakeBuffer < transmitBuffer
+	c.br.Discard(len(held))
+	rr := &rawReader{rc: rc}
+	rr.fn = rr.read
+	c.rx.src = rr
 	c.rc = rc
 	c.writevFn = c.writevNB
 	c.scratch = make([]byte, PageSize)
 	prefault(c.scratch)
 	c.iovecs = make([]syscall.Iovec, 0, min(inflight, iovMax))
+	return nil
+}
+
+// rawReader reads a non-blocking socket with RawSyscall, waiting in the
+// poller on EAGAIN. net.Conn's Read enters and leaves the runtime's syscall
+// state around every read (and wakes sysmon when the process was idle, a
+// thread wakeup per burst); a read of a non-blocking socket never blocks
+// in the kernel, so it needs neither.
+type rawReader struct {
+	rc  syscall.RawConn
+	fn  func(fd uintptr) bool // rr.read, made once
+	p   []byte
+	n   int
+	err error
+}
+
+func (rr *rawReader) Read(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	rr.p, rr.n, rr.err = p, 0, nil
+	err := rr.rc.Read(rr.fn)
+	rr.p = nil
+	if err != nil {
+		return 0, err // deadline (stop) or closed
+	}
+	if rr.err != nil {
+		return 0, rr.err
+	}
+	if rr.n == 0 {
+		return 0, io.EOF
+	}
+	return rr.n, nil
+}
+
+// read is the RawConn.Read callback: false asks the poller to wait.
+func (rr *rawReader) read(fd uintptr) bool {
+	for {
+		n, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&rr.p[0])), uintptr(len(rr.p)))
+		switch e {
+		case 0:
+			rr.n = int(n)
+			return true
+		case syscall.EINTR:
+			continue
+		case syscall.EAGAIN:
+			return false
+		default:
+			rr.err = e
+			return true
+		}
+	}
 }
 
 // serveInline serves r in the reader if it is a one-page READ or WRITE that
@@ -129,7 +193,8 @@ func (c *conn) writevNB(fd uintptr) bool {
 			c.iovw = c.iovw[:0]
 			break
 		}
-		n, _, e := syscall.Syscall(syscall.SYS_WRITEV, fd, uintptr(unsafe.Pointer(&c.iovecs[0])), uintptr(len(c.iovecs)))
+		// RawSyscall: the socket is non-blocking (see rawReader).
+		n, _, e := syscall.RawSyscall(syscall.SYS_WRITEV, fd, uintptr(unsafe.Pointer(&c.iovecs[0])), uintptr(len(c.iovecs)))
 		switch e {
 		case 0:
 		case syscall.EINTR:

@@ -243,7 +243,9 @@ func (c *conn) serveTransmission() error {
 	c.free = make([]*request, inflight)
 	c.tokens = make(chan struct{}, inflight)
 	c.work = make(chan *request, inflight+1) // batches, and one sendTask
-	c.setupInline(inflight)
+	if err := c.setupInline(inflight); err != nil {
+		return err
+	}
 	c.queue = make([]*request, 0, inflight)
 	c.spare = make([]*request, 0, inflight)
 	c.iov = make(net.Buffers, 0, inflight)
