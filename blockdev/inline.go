@@ -106,8 +106,9 @@ func (rr *rawReader) read(fd uintptr) bool {
 
 // serveInline serves r in the reader if it is a one-page READ or WRITE that
 // needs no waiting, or a request that fails validation; it reports whether
-// it did.
-func (c *conn) serveInline(r *request) bool {
+// it did. A WRITE's data is payload if given (the receive buffer itself),
+// else its request buffer.
+func (c *conn) serveInline(r *request, payload []byte) bool {
 	if c.rc == nil {
 		return false
 	}
@@ -129,7 +130,10 @@ func (c *conn) serveInline(r *request) bool {
 			ok, err = d.tryReadPage(buf[replyHeaderSize:], h.Offset/PageSize)
 			n = PageSize
 		case cmdWrite:
-			ok, err = d.tryWritePage(r.buf[replyHeaderSize:replyHeaderSize+PageSize], h.Offset/PageSize, c.scratch)
+			if payload == nil {
+				payload = r.buf[replyHeaderSize:]
+			}
+			ok, err = d.tryWritePage(payload[:PageSize], h.Offset/PageSize, c.scratch)
 		}
 		if !ok {
 			return false
@@ -146,6 +150,14 @@ func (c *conn) serveInline(r *request) bool {
 	c.doneTail = r
 	c.doneLen++
 	return true
+}
+
+// doneAdded sends the reader's replies once a batch's worth is ready, so a
+// long run of buffered requests does not hold them back.
+func (c *conn) doneAdded() {
+	if c.doneLen >= batchMax {
+		c.flushDone()
+	}
 }
 
 // beforeBlock is called where the reader may wait (socket, tokens, budget):

@@ -61,6 +61,13 @@ func (b *rxBuffer) fill() error {
 // buffered is how many bytes a Read returns without touching src.
 func (b *rxBuffer) buffered() int { return b.end - b.start }
 
+// peek returns the next n buffered bytes (n <= buffered) without consuming
+// them; they stay valid until the next Read or fill.
+func (b *rxBuffer) peek(n int) []byte { return b.buf[b.start : b.start+n] }
+
+// discard consumes n buffered bytes.
+func (b *rxBuffer) discard(n int) { b.start += n }
+
 // waitData blocks until at least one byte is buffered: the start of a request.
 func (b *rxBuffer) waitData() error {
 	for b.start == b.end {

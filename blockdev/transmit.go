@@ -235,7 +235,8 @@ func (c *conn) setDeadline(t time.Time) {
 }
 
 // serveTransmission runs the transmission phase: this goroutine reads
-// requests and never touches the store; workers run them and reply.
+// requests and never waits on the store: it serves itself only what needs
+// no waiting (inline.go); workers run the rest and reply.
 func (c *conn) serveTransmission() error {
 	inflight := c.srv.opts.MaxInflight
 	c.budget = newBudget(c.srv.opts.ConnBudget)
@@ -389,6 +390,12 @@ func (c *conn) readRequests() error {
 			return err
 		}
 		if n := hdr.PayloadLen(); n > 0 {
+			if n == PageSize && c.rx.buffered() >= n && c.serveInline(r, c.rx.peek(n)) {
+				// Stored straight from the receive buffer: no copy.
+				c.rx.discard(n)
+				c.doneAdded()
+				continue
+			}
 			c.reqSeq.Add(1)
 			c.inRequest.Store(true)
 			buf := r.grow(n)
@@ -410,10 +417,8 @@ func (c *conn) readRequests() error {
 		// rest to workers (0.71x randwrite). A single connection then
 		// compresses on one CPU; the kernel's nbd-client spreads over
 		// -connections.
-		if c.serveInline(r) {
-			if c.doneLen >= batchMax {
-				c.flushDone()
-			}
+		if c.serveInline(r, nil) {
+			c.doneAdded()
 			continue
 		}
 		if c.batch == nil {
