@@ -225,7 +225,9 @@ swap_phase() {
 	# during swapoff: clusters shared with other processes' pages stay
 	# stored. An admin (and `uzram swapoff`) discards the whole device then;
 	# zram needs nothing, it hears of every freed slot.
-	blkdiscard "/dev/$dev" 2>/dev/null || true
+	local bd
+	bd=$(blkdiscard -v "/dev/$dev" 2>&1) || true
+	log "$name: blkdiscard: $bd"
 	local disc
 	disc=$(dev_mm_stat "$dev")
 	say "mm_stat dev=$name when=after_blkdiscard $disc"
