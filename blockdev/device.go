@@ -214,7 +214,7 @@ func (d *Device) writeAt(p []byte, off uint64, scratch []byte) error {
 			err = d.writePage(page, p[:PageSize], scratch, true)
 			d.locks.unlock(page)
 		} else {
-			err = d.modifyPage(page, in, p[:n])
+			err = d.modifyPage(page, in, p[:n], scratch)
 		}
 		if err != nil {
 			d.stats.failedWrites.Add(1)
@@ -278,7 +278,8 @@ func (d *Device) zeroRange(page uint64, in, n int) error {
 }
 
 // modifyPage is a sub-page write: read, patch, rewrite, under the page lock.
-func (d *Device) modifyPage(page uint64, in int, p []byte) error {
+// scratch is as for writePage.
+func (d *Device) modifyPage(page uint64, in int, p, scratch []byte) error {
 	buf := d.pages.Get().(*[PageSize]byte)
 	defer d.pages.Put(buf)
 	d.locks.lock(page)
@@ -287,7 +288,7 @@ func (d *Device) modifyPage(page uint64, in int, p []byte) error {
 		return err
 	}
 	copy(buf[in:], p)
-	return d.writePageLocked(page, buf[:])
+	return d.writePage(page, buf[:], scratch, true)
 }
 
 // tryReadPage reads one whole page into dst only if its lock is free at once
