@@ -224,9 +224,10 @@ swap_phase() {
 	# Swap discards a 2 MiB cluster only once all of it is free, and not
 	# during swapoff: clusters shared with other processes' pages stay
 	# stored. An admin (and `uzram swapoff`) discards the whole device then;
-	# zram needs nothing, it hears of every freed slot.
+	# zram needs nothing, it hears of every freed slot. -f: the swap
+	# signature is still there, and blkdiscard refuses to wipe it otherwise.
 	local bd
-	bd=$(blkdiscard -v "/dev/$dev" 2>&1) || true
+	bd=$(blkdiscard -f -v "/dev/$dev" 2>&1) || true
 	log "$name: blkdiscard: $bd"
 	local disc
 	disc=$(dev_mm_stat "$dev")
@@ -387,7 +388,7 @@ cli_phase() {
 # server runs, start it again from the state file, and verify every block.
 restart_phase() {
 	local state=/run/uzram/state.img fpid out rc t0 gap r0
-	local job=(--name=restart --filename=/dev/nbd0 --rw=randwrite --bs=4k --size=32M --ioengine=libaio
+	local job=(--name=restart --filename=/dev/nbd0 --rw=randwrite --bs=4k --size=16M --ioengine=libaio
 		--iodepth=8 --direct=1 --verify=crc32c --verify_fatal=1 --verify_state_save=0
 		--output-format=terse --terse-version=3)
 	rm -f "$state"
@@ -411,7 +412,8 @@ restart_phase() {
 	gap=none
 	# nbd-client -persist is meant to notice the server is back and set the
 	# device up again (it would have its size once more).
-	for _ in $(seq 30); do
+	# nbd-client retries its connection every second: 15 s is plenty.
+	for _ in $(seq 15); do
 		if [ "$(cat /sys/block/nbd0/size)" != 0 ]; then gap=$((SECONDS - t0)); break; fi
 		sleep 1
 	done
