@@ -4,7 +4,6 @@ package swapsafe
 
 import (
 	"runtime"
-	"sync"
 	"testing"
 	"unsafe"
 
@@ -54,23 +53,9 @@ func checkAllRR(t *testing.T, when string) {
 
 func TestRealtimeAllThreads(t *testing.T) {
 	defer setAllOther(t)
-	// Threads that exist before Apply, blocked in system calls or locked to
-	// goroutines, must be reached too.
-	before := newBlockers(t)
-	before.start(4)
-	defer before.stop()
-	locked := make(chan struct{})
-	var lwg sync.WaitGroup
-	for range 2 {
-		lwg.Add(1)
-		go func() {
-			defer lwg.Done()
-			runtime.LockOSThread()
-			<-locked
-		}()
-	}
-	defer func() { close(locked); lwg.Wait() }()
-	n0 := waitThreads(t, 6)
+	// Threads that exist before Apply must be reached too.
+	n0, stop := existingThreads(t)
+	defer stop()
 
 	skipUnprivileged(t, Apply(Options{Realtime: true}))
 	checkAllRR(t, "after Apply")

@@ -85,6 +85,30 @@ func (b *blockers) stop() {
 	_ = syscall.Close(b.r)
 }
 
+// existingThreads makes the threads a per-thread setting must reach when
+// it is applied: some blocked in system calls, some locked to goroutines. It
+// returns how many threads the process has and a func that ends them.
+func existingThreads(t *testing.T) (int, func()) {
+	t.Helper()
+	before := newBlockers(t)
+	before.start(4)
+	locked := make(chan struct{})
+	var lwg sync.WaitGroup
+	for range 2 {
+		lwg.Add(1)
+		go func() {
+			defer lwg.Done()
+			runtime.LockOSThread()
+			<-locked
+		}()
+	}
+	return waitThreads(t, 6), func() {
+		close(locked)
+		lwg.Wait()
+		before.stop()
+	}
+}
+
 // waitThreads waits until the process has at least n threads.
 func waitThreads(t *testing.T, n int) int {
 	t.Helper()
@@ -139,23 +163,8 @@ func TestIOFlusherAllThreads(t *testing.T) {
 		_, _, _ = syscall.AllThreadsSyscall(unix.SYS_PRCTL, unix.PR_SET_IO_FLUSHER, 0, 0)
 	}()
 
-	// Threads that exist before Apply, some of them blocked in system calls
-	// and some locked to goroutines, must be reached too.
-	before := newBlockers(t)
-	before.start(4)
-	defer before.stop()
-	locked := make(chan struct{})
-	var lwg sync.WaitGroup
-	for range 2 {
-		lwg.Add(1)
-		go func() {
-			defer lwg.Done()
-			runtime.LockOSThread()
-			<-locked
-		}()
-	}
-	defer func() { close(locked); lwg.Wait() }()
-	n0 := waitThreads(t, 6)
+	n0, stop := existingThreads(t)
+	defer stop()
 
 	skipUnprivileged(t, Apply(Options{IOFlusher: true}))
 	checkAllFlagged(t, "after Apply")
