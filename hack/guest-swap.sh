@@ -132,13 +132,15 @@ qrc=0
 # alt-sysrq-t and -l, which print every task and the busy CPUs' stacks.
 rm -f "$B/mon.in" "$B/mon.out"
 mkfifo "$B/mon.in" "$B/mon.out"
+# Both helpers keep off our stdout: a caller reading it (the Go test) waits
+# for every holder of the pipe to close it.
 (
 	sleep $((GUEST_TIMEOUT - 30))
 	# t: every task's state; l: what the busy CPUs are running.
 	printf 'sendkey alt-sysrq-t\nsendkey alt-sysrq-l\n' >"$B/mon.in"
-) &
+) </dev/null >/dev/null 2>&1 &
 sysrq=$!
-cat "$B/mon.out" >/dev/null &
+cat "$B/mon.out" >/dev/null 2>&1 </dev/null &
 drain=$!
 # Keys without dots on the kernel command line reach /init's environment.
 timeout --kill-after=10 "$GUEST_TIMEOUT" qemu-system-x86_64 \
@@ -150,6 +152,8 @@ timeout --kill-after=10 "$GUEST_TIMEOUT" qemu-system-x86_64 \
 	-virtfs local,path=/,mount_tag=host,security_model=none,readonly=on,multidevs=remap \
 	</dev/null 2>&1 | sed -u "s/\r$//" | tee "$console" || qrc=$?
 elapsed=$((SECONDS - start))
+# The sleeper's sleep first (killing the subshell leaves it), then the rest.
+pkill -P "$sysrq" 2>/dev/null || true
 kill "$sysrq" "$drain" 2>/dev/null || true
 
 # ---- verdict ---------------------------------------------------------------------
