@@ -349,11 +349,25 @@ func TestLZ4PageZeroAlloc(t *testing.T) {
 // liblz4's LZ4_decompress_safe, where python3 and liblz4 are installed (the
 // CLI reads frames only; ctypes calls the block decoder directly).
 func TestLZ4PageLiblz4(t *testing.T) {
-	py, err := exec.LookPath("python3")
-	if err != nil {
-		t.Skip("no python3")
+	var blocks []liblz4Block
+	for _, pk := range lz4PageInputs(t) {
+		for _, accel := range []int{1, 8} {
+			blocks = append(blocks, liblz4Block{block: lz4PageEncode(t, pk.data, accel), want: pk.data})
+		}
 	}
-	script := `
+	checkLiblz4(t, blocks)
+}
+
+// liblz4Block is one block for checkLiblz4: what it must decode to, and the
+// dictionary it was compressed against (nil for none).
+type liblz4Block struct {
+	block, want, dict []byte
+}
+
+// liblz4Check decodes each record of its input file with liblz4 through
+// ctypes: LZ4_decompress_safe, or LZ4_decompress_safe_usingDict for a block
+// with a dictionary.
+const liblz4Check = `
 import ctypes, ctypes.util, struct, sys
 name = ctypes.util.find_library("lz4") or "liblz4.so.1"
 try:
@@ -363,34 +377,44 @@ except OSError:
 data = open(sys.argv[1], "rb").read()
 i = k = 0
 while i < len(data):
-    ulen, clen = struct.unpack_from("<II", data, i); i += 8
+    ulen, clen, dlen = struct.unpack_from("<III", data, i); i += 12
     block = data[i:i+clen]; i += clen
     want = data[i:i+ulen]; i += ulen
+    d = data[i:i+dlen]; i += dlen
     out = ctypes.create_string_buffer(ulen + 1)
-    n = lib.LZ4_decompress_safe(block, out, clen, ulen)
+    if dlen:
+        n = lib.LZ4_decompress_safe_usingDict(block, out, clen, ulen, d, dlen)
+    else:
+        n = lib.LZ4_decompress_safe(block, out, clen, ulen)
     if n != ulen or out.raw[:ulen] != want:
         print("FAIL case %d: %d-byte block gave %d, want %d" % (k, clen, n, ulen)); sys.exit(1)
     k += 1
 print("OK %d" % k)
 `
+
+// checkLiblz4 has the reference decoder, liblz4, decode every block, and
+// skips where python3 or liblz4 is missing.
+func checkLiblz4(t *testing.T, blocks []liblz4Block) {
+	t.Helper()
+	py, err := exec.LookPath("python3")
+	if err != nil {
+		t.Skip("no python3")
+	}
 	var buf bytes.Buffer
-	cases := 0
-	for _, pk := range lz4PageInputs(t) {
-		for _, accel := range []int{1, 8} {
-			block := lz4PageEncode(t, pk.data, accel)
-			buf.Write(binary.LittleEndian.AppendUint32(nil, uint32(len(pk.data))))
-			buf.Write(binary.LittleEndian.AppendUint32(nil, uint32(len(block))))
-			buf.Write(block)
-			buf.Write(pk.data)
-			cases++
+	for _, b := range blocks {
+		for _, v := range []int{len(b.want), len(b.block), len(b.dict)} {
+			buf.Write(binary.LittleEndian.AppendUint32(nil, uint32(v)))
 		}
+		buf.Write(b.block)
+		buf.Write(b.want)
+		buf.Write(b.dict)
 	}
 	dir := t.TempDir()
 	data, prog := filepath.Join(dir, "blocks"), filepath.Join(dir, "check.py")
 	if err := os.WriteFile(data, buf.Bytes(), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(prog, []byte(script), 0o600); err != nil {
+	if err := os.WriteFile(prog, []byte(liblz4Check), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	out, err := exec.Command(py, prog, data).CombinedOutput()
@@ -398,7 +422,7 @@ print("OK %d" % k)
 	switch {
 	case strings.HasPrefix(res, "SKIP"):
 		t.Skip(res)
-	case err != nil || res != fmt.Sprintf("OK %d", cases):
+	case err != nil || res != fmt.Sprintf("OK %d", len(blocks)):
 		t.Fatalf("liblz4 (%s): %v: %s", runtime.GOOS, err, res)
 	}
 }
