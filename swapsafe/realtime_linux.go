@@ -5,9 +5,6 @@ package swapsafe
 import (
 	"errors"
 	"fmt"
-	"os"
-	"strconv"
-	"syscall"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -39,37 +36,46 @@ const RealtimePriority = 1
 // clones them. A thread cloned from one not yet set while we walk the list is
 // caught by walking again until a pass changes nothing.
 func applyRealtime() error {
-	param := struct{ prio int32 }{RealtimePriority}
+	err := setAllThreads(unix.SCHED_RR, RealtimePriority)
+	if errors.Is(err, unix.EPERM) {
+		return fmt.Errorf("swapsafe: SCHED_RR priority %d: %w (needs CAP_SYS_NICE, or RLIMIT_RTPRIO and an RT-enabled cgroup)", RealtimePriority, unix.EPERM)
+	}
+	if err != nil {
+		return fmt.Errorf("swapsafe: SCHED_RR priority %d: %w", RealtimePriority, err)
+	}
+	return nil
+}
+
+// setAllThreads puts every thread of the process in policy at prio, walking
+// /proc/self/task again until a pass finds nothing left to change.
+func setAllThreads(policy int, prio int32) error {
+	param := struct{ prio int32 }{prio}
 	for pass := 0; pass < 10; pass++ {
-		tids, err := threadIDs()
+		pols, err := ThreadPolicies()
 		if err != nil {
-			return fmt.Errorf("swapsafe: SCHED_RR: %w", err)
+			return err
 		}
 		changed := 0
-		for _, tid := range tids {
-			pol, _, errno := unix.RawSyscall(unix.SYS_SCHED_GETSCHEDULER, uintptr(tid), 0, 0)
-			if errno == unix.ESRCH {
-				continue // exited meanwhile
-			}
-			if errno == 0 && int(pol) == unix.SCHED_RR {
+		for tid, pol := range pols {
+			if pol == policy {
 				continue
 			}
-			_, _, errno = unix.RawSyscall(unix.SYS_SCHED_SETSCHEDULER, uintptr(tid), unix.SCHED_RR, uintptr(unsafe.Pointer(&param)))
+			_, _, errno := unix.RawSyscall(unix.SYS_SCHED_SETSCHEDULER, uintptr(tid), uintptr(policy), uintptr(unsafe.Pointer(&param)))
 			switch errno {
 			case 0:
 				changed++
-			case unix.ESRCH:
+			case unix.ESRCH: // exited meanwhile
 			case unix.EPERM:
-				return fmt.Errorf("swapsafe: SCHED_RR priority %d: %w (needs CAP_SYS_NICE, or RLIMIT_RTPRIO and an RT-enabled cgroup)", RealtimePriority, errno)
+				return errno
 			default:
-				return fmt.Errorf("swapsafe: SCHED_RR priority %d on thread %d: %w", RealtimePriority, tid, errno)
+				return fmt.Errorf("thread %d: %w", tid, errno)
 			}
 		}
 		if changed == 0 {
 			return nil
 		}
 	}
-	return errors.New("swapsafe: SCHED_RR: threads kept appearing faster than they could be set")
+	return errors.New("threads kept appearing faster than they could be set")
 }
 
 // ThreadPolicies maps each thread id of this process to its scheduling
@@ -91,22 +97,4 @@ func ThreadPolicies() (map[int]int, error) {
 		out[tid] = int(pol)
 	}
 	return out, nil
-}
-
-// threadIDs lists /proc/self/task.
-func threadIDs() ([]int, error) {
-	ents, err := os.ReadDir("/proc/self/task")
-	if err != nil {
-		return nil, err
-	}
-	tids := make([]int, 0, len(ents))
-	for _, e := range ents {
-		if tid, err := strconv.Atoi(e.Name()); err == nil {
-			tids = append(tids, tid)
-		}
-	}
-	if len(tids) == 0 {
-		return nil, syscall.ESRCH
-	}
-	return tids, nil
 }

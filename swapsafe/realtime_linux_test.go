@@ -5,7 +5,6 @@ package swapsafe
 import (
 	"runtime"
 	"testing"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -13,22 +12,8 @@ import (
 // setAllOther puts every thread back in SCHED_OTHER so later tests in this
 // binary run as usual.
 func setAllOther(t *testing.T) {
-	param := struct{ prio int32 }{0}
-	for pass := 0; pass < 10; pass++ {
-		pols, err := ThreadPolicies()
-		if err != nil {
-			t.Fatal(err)
-		}
-		changed := 0
-		for tid, pol := range pols {
-			if pol != unix.SCHED_NORMAL {
-				_, _, _ = unix.RawSyscall(unix.SYS_SCHED_SETSCHEDULER, uintptr(tid), unix.SCHED_NORMAL, uintptr(unsafe.Pointer(&param)))
-				changed++
-			}
-		}
-		if changed == 0 {
-			return
-		}
+	if err := setAllThreads(unix.SCHED_NORMAL, 0); err != nil {
+		t.Error(err)
 	}
 }
 

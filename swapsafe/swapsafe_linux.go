@@ -166,17 +166,13 @@ func ReadThreadFlags() (ThreadFlags, error) {
 	// Keep this goroutine's thread alive and in the listing while we read.
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
-	ents, err := os.ReadDir("/proc/self/task")
+	tids, err := threadIDs()
 	if err != nil {
 		return nil, err
 	}
-	tf := make(ThreadFlags, len(ents))
-	for _, e := range ents {
-		tid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		b, err := os.ReadFile("/proc/self/task/" + e.Name() + "/stat")
+	tf := make(ThreadFlags, len(tids))
+	for _, tid := range tids {
+		b, err := os.ReadFile("/proc/self/task/" + strconv.Itoa(tid) + "/stat")
 		if errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ESRCH) {
 			continue
 		}
@@ -193,6 +189,24 @@ func ReadThreadFlags() (ThreadFlags, error) {
 		return nil, errors.New("no threads listed in /proc/self/task")
 	}
 	return tf, nil
+}
+
+// threadIDs lists the thread ids in /proc/self/task.
+func threadIDs() ([]int, error) {
+	ents, err := os.ReadDir("/proc/self/task")
+	if err != nil {
+		return nil, err
+	}
+	tids := make([]int, 0, len(ents))
+	for _, e := range ents {
+		if tid, err := strconv.Atoi(e.Name()); err == nil {
+			tids = append(tids, tid)
+		}
+	}
+	if len(tids) == 0 {
+		return nil, errors.New("no threads listed in /proc/self/task")
+	}
+	return tids, nil
 }
 
 // parseStatFlags returns field 9 (flags) of a stat line. The command name in
