@@ -136,8 +136,8 @@ func (d *Device) ImportPage(p ExportedPage) error {
 	h, err := d.store.Put(p.Data)
 	for try := 0; errors.Is(err, pagestore.ErrNoMem) && try < importNoMemRetries; try++ {
 		// A restore is not the swap write path, which must answer at once:
-		// it may wait for the store's refiller as long as that takes (a
-		// slow machine faulting in a burst of spans looks stuck to Put).
+		// while memory is short at start-up the refiller may sit in reclaim
+		// for longer than a Put waits, and the restore can wait it out.
 		time.Sleep(importNoMemPause)
 		h, err = d.store.Put(p.Data)
 	}
