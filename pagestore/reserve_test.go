@@ -426,3 +426,69 @@ func TestReserveSlowPopulateIsProgress(t *testing.T) {
 		t.Errorf("no Put waited for the refiller: the test proves nothing")
 	}
 }
+
+// TestTryPutNeverWaits: with the refiller held and the reserve drained,
+// TryPut answers ErrWouldWait at once, stores nothing and counts no ErrNoMem
+// failure, where Put would wait ReserveWait; objects that fit a free slot
+// are still stored; once the refiller runs, TryPut stores again.
+func TestTryPutNeverWaits(t *testing.T) {
+	s := newStore(t, Options{Reserve: true, ReserveWait: time.Second})
+	s.refillHeld.Store(true)
+	m := model{}
+	buf := make([]byte, 3000)
+	var i int
+	for ; ; i++ {
+		fill(buf, uint64(i))
+		t0 := time.Now()
+		h, err := s.TryPut(buf)
+		if errors.Is(err, ErrWouldWait) {
+			if d := time.Since(t0); d >= time.Second {
+				t.Fatalf("TryPut waited %v, Put's ReserveWait, before ErrWouldWait", d)
+			}
+			break
+		}
+		if err != nil {
+			t.Fatalf("try put %d: %v", i, err)
+		}
+		m[h] = obj{uint64(i), 3000}
+	}
+	if i == 0 {
+		t.Fatal("the first TryPut already would wait: the reserve was not filled at New")
+	}
+	checkAll(t, s, m)
+	checkStats(t, s, m)
+	if st := s.Stats(); st.NoMemFails != 0 {
+		t.Fatalf("TryPut counted %d ErrNoMem failures", st.NoMemFails)
+	}
+	// A free slot needs no new span.
+	var h Handle
+	for h = range m {
+		break
+	}
+	s.Free(h)
+	delete(m, h)
+	fill(buf, 99)
+	if h, err := s.TryPut(buf); err != nil {
+		t.Fatalf("TryPut into a free slot: %v", err)
+	} else {
+		m[h] = obj{99, 3000}
+	}
+
+	s.refillHeld.Store(false)
+	s.kickRefill()
+	deadline := time.Now().Add(10 * time.Second)
+	for j := 0; j < 200; j++ {
+		fill(buf, uint64(1000+j))
+		h, err := s.TryPut(buf)
+		if errors.Is(err, ErrWouldWait) && time.Now().Before(deadline) {
+			j--
+			time.Sleep(time.Millisecond)
+			continue
+		}
+		if err != nil {
+			t.Fatalf("try put %d after the refiller ran: %v", j, err)
+		}
+		m[h] = obj{uint64(1000 + j), 3000}
+	}
+	checkAll(t, s, m)
+}
