@@ -331,6 +331,7 @@ cli_phase() {
 	log "cli: uzram -> $list"
 	check "list: $name not shown as [SWAP]" grep -q "^$name 256M \[SWAP\]$" <<<"$list"
 	check "swapon: wbt not off on $dev" grep -qx 0 "/sys/block/$dev/queue/wbt_lat_usec"
+	check "swapon: request timeout of $dev not 600 s" grep -qx 600000 "/sys/block/$dev/queue/io_timeout"
 	out=$(U --reset "$name" 2>&1) && rc=0 || rc=$?
 	log "cli: uzram --reset $name while swap -> status $rc: $out"
 	[ "$rc" != 0 ] || fail "cli: --reset of a device in use succeeded"
@@ -344,6 +345,7 @@ cli_phase() {
 	dev=${nbd#/dev/}
 	log "cli: uzram --find --size 64M --algorithm zstd -> $name; uzram attach $name -> $nbd"
 	check "attach: $nbd has no size" sh -c "[ \$(cat /sys/block/$dev/size) = 131072 ]"
+	check "attach: request timeout of $dev not 600 s" grep -qx 600000 "/sys/block/$dev/queue/io_timeout"
 	out=$(fio --name=cli --filename="$nbd" --rw=randwrite --bs=4k --size=16M --ioengine=libaio --iodepth=8 \
 		--direct=1 --verify=crc32c --verify_fatal=1 --do_verify=1 --verify_state_save=0 \
 		--output-format=terse --terse-version=3 2>&1) || fail "cli: fio on $nbd"
