@@ -135,7 +135,9 @@
 // progress or merely waits for a CPU (up to 100 ReserveWaits in all). If the
 // refiller sits inside populate, in the kernel's reclaim, delivering nothing
 // for ReserveWait (100 ms by default; a burst waits well under a
-// millisecond), the system is short of memory: Put fails with ErrNoMem,
+// millisecond) while the system's free memory is below four times
+// vm.min_free_kbytes (sysinfo; with more free it was only descheduled
+// there), the system is short of memory: Put fails with ErrNoMem,
 // stores nothing, and the block device answers ENOSPC, counted in
 // failed_writes. The kernel keeps the page and retries its swap-out later,
 // which beats a server that faults and hangs.

@@ -5,6 +5,9 @@ package pagestore
 
 import (
 	"errors"
+	"os"
+	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 	"unsafe"
@@ -311,10 +314,13 @@ type refillWait struct {
 
 // awaitRefill is Put's wait for the refiller: it wakes it and sleeps one
 // poll interval, reporting false once the refiller has made no progress for
-// ReserveWait while stuck inside populate (in the kernel's reclaim: the
-// system is out of memory), or the wait has lasted reserveWaitCap. A
-// refiller that is not populating is only waiting for a CPU: that is a busy
-// machine, not an out-of-memory one, and the Put keeps waiting. While the
+// ReserveWait while stuck inside populate with the system short of free
+// memory (in the kernel's reclaim: out of memory), or the wait has lasted
+// reserveWaitCap. A refiller that is not populating is only waiting for a
+// CPU, and one inside populate while memory is plentiful was only
+// descheduled there (a loaded host stalls a TCG guest's vCPU for longer than
+// ReserveWait): that is a busy machine, not an out-of-memory one, and the
+// Put keeps waiting. While the
 // refiller delivers, other Puts may take what it adds first, and this one
 // keeps waiting its turn: a burst on a busy machine must not see failures a
 // swap storm would.
@@ -327,7 +333,7 @@ func (s *Store) awaitRefill(w *refillWait) bool {
 		w.cap = now.Add(reserveWaitCap * s.reserveWait)
 		s.reserveWaits.Add(1)
 		fallthrough
-	case p != w.progress || !stuck:
+	case p != w.progress || !stuck || !memoryShort(s):
 		w.stall, w.progress = now.Add(s.reserveWait), p
 	case now.After(w.stall):
 		return false
@@ -338,6 +344,34 @@ func (s *Store) awaitRefill(w *refillWait) bool {
 	s.kickRefill()
 	time.Sleep(reservePoll)
 	return true
+}
+
+// memoryShort reports whether the system's free memory is below
+// s.shortFree, as it is while the kernel reclaims. sysinfo(2) neither
+// allocates nor faults, so the waiting write path may call it. If it fails,
+// memory counts as short: the Put then fails as it would without the check.
+// A variable for tests.
+var memoryShort = memoryShortSysinfo
+
+func memoryShortSysinfo(s *Store) bool {
+	var si unix.Sysinfo_t
+	if unix.Sysinfo(&si) != nil {
+		return true
+	}
+	return uint64(si.Freeram)*uint64(si.Unit) < s.shortFree
+}
+
+// shortFreeBytes is the free memory below which memoryShort says short: four
+// times vm.min_free_kbytes (the kernel reclaims below its low and high
+// watermarks, a little above min), or 64 MiB where that cannot be read.
+func shortFreeBytes() uint64 {
+	b, err := os.ReadFile("/proc/sys/vm/min_free_kbytes")
+	if err == nil {
+		if kb, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64); err == nil && kb > 0 {
+			return 4 * kb << 10
+		}
+	}
+	return 64 << 20
 }
 
 // refillLoop is the refiller: it runs whenever a Put takes the reserve
@@ -537,6 +571,7 @@ func (t *handleTable) prepare(s *Store) {
 // returns, so the first writes find the reserve full.
 func (s *Store) startReserve() {
 	s.handles.prefault = true
+	s.shortFree = shortFreeBytes() // read now: never from the write path
 	for i := range s.classes {
 		s.classes[i].spare = make([]*span, 0, maxSpare)
 	}

@@ -2,6 +2,7 @@ package pagestore
 
 import (
 	"errors"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -491,4 +492,45 @@ func TestTryPutNeverWaits(t *testing.T) {
 		m[h] = obj{uint64(1000 + j), 3000}
 	}
 	checkAll(t, s, m)
+}
+
+// TestReserveStalledPopulate: a refiller that sits inside populate
+// delivering nothing fails waiting Puts with ErrNoMem only while the system
+// is short of free memory (reclaim); with memory plentiful it was only
+// descheduled there, and the Puts wait for it.
+func TestReserveStalledPopulate(t *testing.T) {
+	for _, short := range []bool{false, true} {
+		t.Run(fmt.Sprintf("short=%v", short), func(t *testing.T) {
+			// Every populate after New stalls 300 ms in one piece: 6 times
+			// ReserveWait without progress.
+			var stall atomic.Bool
+			populateHook = func(p unsafe.Pointer, n uintptr) {
+				if stall.Load() {
+					time.Sleep(300 * time.Millisecond)
+				}
+				populate(p, n)
+			}
+			memoryShort = func(*Store) bool { return short }
+			t.Cleanup(func() {
+				populateHook = populate
+				memoryShort = memoryShortSysinfo
+			})
+			s := newStore(t, Options{Reserve: true, ReserveWait: 50 * time.Millisecond})
+			stall.Store(true)
+			buf := make([]byte, MaxObjectSize)
+			var err error
+			for i := 0; i < 256 && err == nil; i++ { // 1 MiB: drains the 4 KiB pool
+				_, err = s.Put(buf)
+			}
+			switch {
+			case short && !errors.Is(err, ErrNoMem):
+				t.Fatalf("memory short, refiller stalled: %v, want ErrNoMem", err)
+			case !short && err != nil:
+				t.Fatalf("memory plentiful, refiller only slow: %v", err)
+			}
+			if s.Stats().ReserveWaits == 0 {
+				t.Fatal("no Put waited for the refiller: the test proves nothing")
+			}
+		})
+	}
 }

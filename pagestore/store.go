@@ -136,6 +136,7 @@ type Store struct {
 	// Reserve mode (reserve.go).
 	reserve      bool
 	reserveWait  time.Duration
+	shortFree    uint64 // free memory below which a refiller delivering nothing is stuck in reclaim
 	refillWake   chan struct{}
 	refillStop   chan struct{}
 	refillDone   chan struct{}
