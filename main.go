@@ -64,7 +64,9 @@ func serveCommand() *cli.Command {
 			&cli.BoolFlag{Name: "no-io-flusher", Usage: "do not set PR_SET_IO_FLUSHER on the server's threads"},
 			&cli.BoolFlag{Name: "no-mlock", Usage: "do not lock the server's memory"},
 			&cli.BoolFlag{Name: "no-oom-adj", Usage: "do not set oom_score_adj to -1000"},
-			&cli.BoolFlag{Name: "no-realtime", Usage: "do not run the server's threads in SCHED_RR (which lets its allocations use the kernel's reserve under memory pressure)"},
+			&cli.StringFlag{Name: "realtime", Value: "auto", Usage: "when the server's threads run in SCHED_RR, which lets their allocations use the kernel's reserve: auto (while free memory is below --realtime-below), always, never"},
+			&cli.StringFlag{Name: "realtime-below", Usage: "free memory under which --realtime auto goes real-time (default: RAM/16, at least 16x vm.min_free_kbytes)"},
+			&cli.BoolFlag{Name: "no-realtime", Usage: "same as --realtime never"},
 			&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, Usage: "log connections"},
 			&cli.StringFlag{Name: "control", Usage: "control API unix socket (default: control.sock beside the device sockets)"},
 			&cli.StringFlag{Name: "socket-dir", Usage: "directory for the sockets of devices created at runtime (default: --socket's, or /run/uzram)"},
@@ -103,6 +105,10 @@ func serveCommand() *cli.Command {
 			params, err := zcomp.ParseParams(c.String("algorithm-params"))
 			if err != nil {
 				return fmt.Errorf("--algorithm-params: %w", err)
+			}
+			rt, rtBelow, err := realtimeFlags(c)
+			if err != nil {
+				return err
 			}
 			mode, err := streams.ParseMode(c.String("stream-mode"))
 			if err != nil {
@@ -192,12 +198,41 @@ func serveCommand() *cli.Command {
 				Metrics:         c.String("metrics"),
 				Swapsafe: swapsafe.Options{
 					IOFlusher: !c.Bool("no-io-flusher"), Mlock: !c.Bool("no-mlock"), OOMScoreAdj: !c.Bool("no-oom-adj"),
-					Realtime: !c.Bool("no-realtime"),
+					Realtime: rt, RealtimeBelow: rtBelow,
 				},
 				Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})),
 			})
 		},
 	}
+}
+
+// realtimeFlags reads --realtime, --realtime-below and --no-realtime.
+func realtimeFlags(c *cli.Context) (swapsafe.RealtimeMode, uint64, error) {
+	rt, err := swapsafe.ParseRealtimeMode(c.String("realtime"))
+	if err != nil {
+		return 0, 0, fmt.Errorf("--realtime: %w", err)
+	}
+	if c.Bool("no-realtime") {
+		if c.IsSet("realtime") && rt != swapsafe.RealtimeNever {
+			return 0, 0, fmt.Errorf("--no-realtime contradicts --realtime %s", rt)
+		}
+		rt = swapsafe.RealtimeNever
+	}
+	var below uint64
+	if s := c.String("realtime-below"); s != "" {
+		if rt != swapsafe.RealtimeAuto {
+			return 0, 0, fmt.Errorf("--realtime-below applies only to --realtime auto, not %s", rt)
+		}
+		n, err := sizes.Parse(s)
+		if err != nil {
+			return 0, 0, fmt.Errorf("--realtime-below: %w", err)
+		}
+		if n == 0 {
+			return 0, 0, fmt.Errorf("--realtime-below: 0 would never go real-time; use --realtime never")
+		}
+		below = uint64(n)
+	}
+	return rt, below, nil
 }
 
 // waitDaemon waits until the daemon answers, or gives up after d.

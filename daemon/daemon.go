@@ -144,6 +144,15 @@ func Run(ctx context.Context, cfg Config) error {
 			cfg.SocketDir = filepath.Dir(cfg.Socket)
 		}
 	}
+	if cfg.Swapsafe.OnRealtime == nil {
+		cfg.Swapsafe.OnRealtime = func(on bool, free uint64) {
+			if on {
+				log.Info("free memory short: server threads now SCHED_RR (the allocator's reserve)", "free_mib", free>>20)
+			} else {
+				log.Info("free memory back: server threads now SCHED_OTHER", "free_mib", free>>20)
+			}
+		}
+	}
 	for _, err := range swapsafe.Apply(cfg.Swapsafe) {
 		log.Warn("running without a swap-safety measure", "err", err)
 	}

@@ -5,7 +5,6 @@ package swapsafe
 import (
 	"errors"
 	"fmt"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -36,46 +35,44 @@ const RealtimePriority = 1
 // clones them. A thread cloned from one not yet set while we walk the list is
 // caught by walking again until a pass changes nothing.
 func applyRealtime() error {
-	err := setAllThreads(unix.SCHED_RR, RealtimePriority)
-	if errors.Is(err, unix.EPERM) {
-		return fmt.Errorf("swapsafe: SCHED_RR priority %d: %w (needs CAP_SYS_NICE, or RLIMIT_RTPRIO and an RT-enabled cgroup)", RealtimePriority, unix.EPERM)
+	if _, err := setAllThreads(unix.SCHED_RR, RealtimePriority, -1); err != nil {
+		return fmt.Errorf("swapsafe: SCHED_RR priority %d: %w", RealtimePriority, permHint(err))
 	}
-	if err != nil {
-		return fmt.Errorf("swapsafe: SCHED_RR priority %d: %w", RealtimePriority, err)
-	}
+	realtimeAlways.Store(true)
 	return nil
 }
 
-// setAllThreads puts every thread of the process in policy at prio, walking
-// /proc/self/task again until a pass finds nothing left to change.
-func setAllThreads(policy int, prio int32) error {
-	param := struct{ prio int32 }{prio}
+// setAllThreads puts every thread of the process but except in policy at
+// prio, walking /proc/self/task again until a pass finds nothing left to
+// change, and returns the thread ids of that last pass.
+func setAllThreads(policy int, prio int32, except int) ([]int, error) {
 	for pass := 0; pass < 10; pass++ {
 		pols, err := ThreadPolicies()
 		if err != nil {
-			return err
+			return nil, err
 		}
 		changed := 0
+		tids := make([]int, 0, len(pols))
 		for tid, pol := range pols {
-			if pol == policy {
+			tids = append(tids, tid)
+			if pol == policy || tid == except {
 				continue
 			}
-			_, _, errno := unix.RawSyscall(unix.SYS_SCHED_SETSCHEDULER, uintptr(tid), uintptr(policy), uintptr(unsafe.Pointer(&param)))
-			switch errno {
-			case 0:
+			switch err := setThread(tid, policy, prio); err {
+			case nil:
 				changed++
 			case unix.ESRCH: // exited meanwhile
 			case unix.EPERM:
-				return errno
+				return nil, err
 			default:
-				return fmt.Errorf("thread %d: %w", tid, errno)
+				return nil, fmt.Errorf("thread %d: %w", tid, err)
 			}
 		}
 		if changed == 0 {
-			return nil
+			return tids, nil
 		}
 	}
-	return errors.New("threads kept appearing faster than they could be set")
+	return nil, errors.New("threads kept appearing faster than they could be set")
 }
 
 // ThreadPolicies maps each thread id of this process to its scheduling
@@ -94,7 +91,7 @@ func ThreadPolicies() (map[int]int, error) {
 		if errno != 0 {
 			return nil, fmt.Errorf("sched_getscheduler(%d): %w", tid, errno)
 		}
-		out[tid] = int(pol)
+		out[tid] = int(pol) &^ unix.SCHED_RESET_ON_FORK
 	}
 	return out, nil
 }

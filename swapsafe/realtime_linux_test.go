@@ -12,7 +12,7 @@ import (
 // setAllOther puts every thread back in SCHED_OTHER so later tests in this
 // binary run as usual.
 func setAllOther(t *testing.T) {
-	if err := setAllThreads(unix.SCHED_NORMAL, 0); err != nil {
+	if _, err := setAllThreads(unix.SCHED_NORMAL, 0, -1); err != nil {
 		t.Error(err)
 	}
 }
@@ -42,7 +42,7 @@ func TestRealtimeAllThreads(t *testing.T) {
 	n0, stop := existingThreads(t)
 	defer stop()
 
-	skipUnprivileged(t, Apply(Options{Realtime: true}))
+	skipUnprivileged(t, Apply(Options{Realtime: RealtimeAlways}))
 	checkAllRR(t, "after Apply")
 
 	// Threads the runtime starts later inherit the policy from the thread

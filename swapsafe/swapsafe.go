@@ -20,7 +20,8 @@
 //     quarter below the min watermark, a reserve the workload that exhausted
 //     memory cannot touch, so the server's remaining kernel allocations (reply
 //     socket buffers, the store's refiller) succeed while it is the way out
-//     of the shortage. See applyRealtime.
+//     of the shortage. See applyRealtime. By default (RealtimeAuto) the
+//     threads go real-time only while free memory is short: see rtWatch.
 //
 // Each step fails on its own (no privilege, old kernel); Apply returns one
 // error per failed step and the caller logs each as a warning and goes on.
@@ -41,15 +42,57 @@ type Options struct {
 	Mlock bool
 	// OOMScoreAdj writes -1000 to /proc/self/oom_score_adj.
 	OOMScoreAdj bool
-	// Realtime puts every thread in SCHED_RR at RealtimePriority.
-	Realtime bool
+	// Realtime says when every thread runs in SCHED_RR at RealtimePriority.
+	Realtime RealtimeMode
+	// RealtimeBelow is the free memory, in bytes, under which RealtimeAuto
+	// puts the threads in SCHED_RR; 0 means DefaultRealtimeBelow.
+	RealtimeBelow uint64
+	// OnRealtime, if set, hears each switch RealtimeAuto makes, with the
+	// free memory that caused it. It runs on a goroutine of its own, so a
+	// slow logger never holds up the watcher.
+	OnRealtime func(on bool, free uint64)
+}
+
+// RealtimeMode says when the server's threads run in SCHED_RR.
+type RealtimeMode int
+
+const (
+	// RealtimeNever leaves every thread's policy alone.
+	RealtimeNever RealtimeMode = iota
+	// RealtimeAuto runs the threads in SCHED_RR while free memory is below
+	// Options.RealtimeBelow, and in SCHED_OTHER otherwise: the reserve is
+	// there when memory is short, and with memory to spare the server does
+	// not pay what real-time wakeups cost a request (an RT reader woken by
+	// the request header preempts the client before it sends the payload).
+	RealtimeAuto
+	// RealtimeAlways puts every thread in SCHED_RR for good.
+	RealtimeAlways
+)
+
+var realtimeNames = [...]string{RealtimeNever: "never", RealtimeAuto: "auto", RealtimeAlways: "always"}
+
+func (m RealtimeMode) String() string {
+	if m < 0 || int(m) >= len(realtimeNames) {
+		return fmt.Sprintf("RealtimeMode(%d)", int(m))
+	}
+	return realtimeNames[m]
+}
+
+// ParseRealtimeMode reads "never", "auto" or "always".
+func ParseRealtimeMode(s string) (RealtimeMode, error) {
+	for m, name := range realtimeNames {
+		if s == name {
+			return RealtimeMode(m), nil
+		}
+	}
+	return 0, fmt.Errorf("unknown realtime mode %q (want never, auto or always)", s)
 }
 
 // All returns Options with every step enabled: what `uzram serve` uses unless
 // told otherwise by --no-io-flusher, --no-mlock, --no-oom-adj or
-// --no-realtime.
+// --realtime never.
 func All() Options {
-	return Options{IOFlusher: true, Mlock: true, OOMScoreAdj: true, Realtime: true}
+	return Options{IOFlusher: true, Mlock: true, OOMScoreAdj: true, Realtime: RealtimeAuto}
 }
 
 // Thread flag bits from include/linux/sched.h, as shown in field 9 of

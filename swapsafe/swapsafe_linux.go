@@ -36,8 +36,13 @@ func Apply(opts Options) []error {
 			errs = append(errs, err)
 		}
 	}
-	if opts.Realtime {
+	switch opts.Realtime {
+	case RealtimeAlways:
 		if err := applyRealtime(); err != nil {
+			errs = append(errs, err)
+		}
+	case RealtimeAuto:
+		if err := startRealtimeWatch(opts); err != nil {
 			errs = append(errs, err)
 		}
 	}

@@ -17,7 +17,7 @@ func Apply(opts Options) []error {
 	if opts.OOMScoreAdj {
 		errs = append(errs, fmt.Errorf("swapsafe: oom_score_adj: %w", ErrUnsupported))
 	}
-	if opts.Realtime {
+	if opts.Realtime != RealtimeNever {
 		errs = append(errs, fmt.Errorf("swapsafe: SCHED_RR: %w", ErrUnsupported))
 	}
 	return errs

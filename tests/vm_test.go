@@ -129,6 +129,15 @@ func TestGuestSwap(t *testing.T) {
 	} else if uz != "" {
 		t.Errorf("uzram's summary has no trim/after_swapoff/after_blkdiscard figures (no mm_stat from the server?)")
 	}
+	// --realtime auto (the default): with the workload holding swap, free
+	// memory is short and every server thread must be real-time.
+	if m := regexp.MustCompile(`(?m)^@@ server dev=uzram .*rt_threads=([0-9]+)/([0-9]+)`).FindStringSubmatch(text); m == nil {
+		t.Errorf("no server thread report at full swap")
+	} else if m[1] != m[2] {
+		t.Errorf("at full swap only %s of %s server threads ran SCHED_RR: --realtime auto did not switch", m[1], m[2])
+	} else {
+		t.Logf("at full swap %s of %s server threads SCHED_RR", m[1], m[2])
+	}
 	if !regexp.MustCompile(`(?m)^@@ fio dev=uzram randwrite_verify=PASS .*randread_verify=PASS`).MatchString(text) {
 		t.Errorf("fio verification on uzram did not pass")
 	}
