@@ -30,6 +30,9 @@ type ServerOptions struct {
 	// name and the time from reading its header to sending its reply
 	// (metrics). It runs on the reply path: keep it cheap.
 	Observe func(cmd string, d time.Duration)
+	// ConnEnded, if set, is called after each connection is closed (the
+	// daemon gives the heap its buffers were back).
+	ConnEnded func()
 
 	// ConnBudget and TotalBudget bound the bytes of request buffers in
 	// flight on one connection and on all of them (limits.go). Defaults
@@ -248,6 +251,9 @@ func (s *Server) ServeConn(nc net.Conn) {
 			delete(s.conns, c)
 			s.mu.Unlock()
 			nc.Close()
+			if s.opts.ConnEnded != nil {
+				s.opts.ConnEnded()
+			}
 		}()
 		s.serve(c)
 	}()

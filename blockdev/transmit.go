@@ -75,8 +75,10 @@ func (r *request) grow(n int) []byte {
 // releaseBig hands a borrowed buffer back to its pool.
 func (r *request) releaseBig() {
 	if r.big != nil {
-		if !r.own.put(r.big) {
-			bigPools[bits.Len(uint(cap(*r.big)-1))].Put(r.big)
+		// A pool holds only its own power of two: a buffer of any other
+		// size (an own one the list had no room for) is left to the GC.
+		if c := cap(*r.big); !r.own.put(r.big) && c&(c-1) == 0 {
+			bigPools[bits.Len(uint(c-1))].Put(r.big)
 		}
 		r.big = nil
 	}
@@ -102,7 +104,10 @@ type bigList struct {
 }
 
 func newBigList(n int) *bigList {
-	l := &bigList{size: 1 << bits.Len(uint(replyHeaderSize+ownBigRequest-1)), bufs: make([]*[]byte, 0, n)}
+	// Exactly a 128 KiB request and its reply header, not the next power of
+	// two the shared pools use: half the memory, and a size no pool buffer
+	// has, so put never takes a stranger in.
+	l := &bigList{size: replyHeaderSize + ownBigRequest, bufs: make([]*[]byte, 0, n)}
 	for i := 0; i < n; i++ {
 		b := make([]byte, l.size)
 		prefault(b)

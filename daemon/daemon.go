@@ -98,6 +98,7 @@ type Daemon struct {
 	log     *slog.Logger
 	srv     *blockdev.Server
 	metrics *Metrics
+	heap    *heapReturn // prefault.go
 
 	mu      sync.Mutex
 	devs    map[string]*entry
@@ -165,8 +166,10 @@ func Run(ctx context.Context, cfg Config) error {
 		// Latency histograms cost a clock read per request: only when asked.
 		cfg.Server.Observe = metrics.Observe
 	}
+	heap := &heapReturn{}
+	cfg.Server.ConnEnded = func() { heap.connEnded.Store(true) }
 	d := &Daemon{
-		cfg: cfg, log: log, srv: blockdev.NewServer(cfg.Server), metrics: metrics,
+		cfg: cfg, log: log, srv: blockdev.NewServer(cfg.Server), metrics: metrics, heap: heap,
 		devs: map[string]*entry{}, fatal: make(chan error, 1),
 	}
 	defer d.closeAll()

@@ -31,12 +31,35 @@ func TestHeapReturnDue(t *testing.T) {
 		{50 << 20, false},
 		{5 << 20, false},
 		{5 << 20, true},
+		{5 << 20, false},
 	}
 	for i, s := range steps {
 		used = s.used
 		if got := h.due(); got != s.due {
 			t.Fatalf("step %d (store %d MiB): due %v, want %v", i, s.used>>20, got, s.due)
 		}
+	}
+}
+
+// TestHeapReturnAfterConnEnd: a connection's end gives the heap back at the
+// next poll where store memory holds still, once.
+func TestHeapReturnAfterConnEnd(t *testing.T) {
+	used := int64(10 << 20)
+	h := &heapReturn{used: func() int64 { return used }}
+	h.last = used
+	if h.due() {
+		t.Fatal("due with nothing ended")
+	}
+	h.connEnded.Store(true)
+	used = 20 << 20 // the other connection still writing
+	if h.due() {
+		t.Fatal("due while store memory changes")
+	}
+	if !h.due() {
+		t.Fatal("not due after a connection ended and store memory held still")
+	}
+	if h.due() {
+		t.Fatal("due twice for one connection's end")
 	}
 }
 
@@ -51,6 +74,13 @@ func heapFree() (free, released uint64) {
 // heap's free pages back to the OS but keeps heapWarm of them resident, as
 // prepare left the heap.
 func TestReturnHeapKeepsWarm(t *testing.T) {
+	// As prepare leaves it: with the ballast live, the background
+	// scavenger does not take the warm pages back on its own between
+	// returnHeap and the reading below (it did, now and then, without).
+	if ballast == nil {
+		ballast = make([]byte, ballastBytes)
+		defer func() { ballast = nil }()
+	}
 	garbage := touchHeap(96 << 20)
 	runtime.KeepAlive(garbage)
 	garbage = nil

@@ -5,6 +5,7 @@ import (
 	"runtime"
 	"runtime/debug"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -137,9 +138,15 @@ const (
 
 // heapReturn decides when to give heap memory back; used reports the store
 // memory of every device.
+//
+// A connection that ends leaves its buffers (prefaulted request pages and
+// big buffers, 2-3 MiB) as garbage too, which no collection comes for: the
+// serving path allocates nothing. So a connection's end, once store memory
+// holds still, also gives the heap back.
 type heapReturn struct {
 	used       func() int64
 	peak, last int64
+	connEnded  atomic.Bool
 }
 
 // due takes one sample and reports whether the heap should go back now.
@@ -148,7 +155,7 @@ func (h *heapReturn) due() bool {
 	h.peak = max(h.peak, cur)
 	still := cur == h.last
 	h.last = cur
-	if still && h.peak-cur >= heapReturnDrop {
+	if still && (h.peak-cur >= heapReturnDrop || h.connEnded.Swap(false)) {
 		h.peak = cur
 		return true
 	}
@@ -174,7 +181,8 @@ func watchHeap(h *heapReturn, stop <-chan struct{}) {
 // startHeapReturn starts watching the devices' store memory and returns the
 // function that stops it.
 func (d *Daemon) startHeapReturn() (stop func()) {
-	h := &heapReturn{used: d.storeMemory}
+	h := d.heap
+	h.used = d.storeMemory
 	h.last = h.used()
 	done := make(chan struct{})
 	go watchHeap(h, done)
