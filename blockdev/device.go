@@ -43,6 +43,11 @@ type Config struct {
 	// NoAutoCompact turns off background compaction (on by default, beyond
 	// zram: it runs when reclaimable store memory passes a threshold).
 	NoAutoCompact bool
+	// TableOnDemand leaves the slot table's pages to be faulted in as
+	// pages are first written, instead of all at creation (16 bytes per
+	// 4 KiB page). Only for a server whose memory is not locked: a locked
+	// swap server must not fault on its table under memory pressure.
+	TableOnDemand bool
 }
 
 // Device is a compressed RAM block device.
@@ -107,7 +112,7 @@ func New(cfg Config) (*Device, error) {
 	// page-lock stripes (256 KiB) would fault one page at a time on the
 	// write path (prefault.go).
 	prefault(unsafe.Slice((*byte)(unsafe.Pointer(&d.locks)), unsafe.Sizeof(d.locks)))
-	if d.table, err = newSlotTable(d.npages); err != nil {
+	if d.table, err = newSlotTable(d.npages, !cfg.TableOnDemand); err != nil {
 		return nil, err
 	}
 	d.slots = d.table.slots

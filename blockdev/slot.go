@@ -42,7 +42,7 @@ type slotTable struct {
 	slots []slot
 }
 
-func newSlotTable(n uint64) (*slotTable, error) {
+func newSlotTable(n uint64, populate bool) (*slotTable, error) {
 	if n == 0 {
 		return &slotTable{}, nil
 	}
@@ -50,7 +50,14 @@ func newSlotTable(n uint64) (*slotTable, error) {
 	// table when disksize is set: a swap device's write path must not take a
 	// page fault on its own table while the kernel is short of memory and
 	// waiting for this very write (16 bytes per 4 KiB page: 4 MiB per GiB).
-	mem, err := unix.Mmap(-1, 0, int(n)*slotSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_POPULATE)
+	// Without populate (memory not locked) a table page costs memory once a
+	// page it describes is written; reads of unwritten pages map the
+	// shared zero page.
+	flags := unix.MAP_PRIVATE | unix.MAP_ANONYMOUS
+	if populate {
+		flags |= unix.MAP_POPULATE
+	}
+	mem, err := unix.Mmap(-1, 0, int(n)*slotSize, unix.PROT_READ|unix.PROT_WRITE, flags)
 	if err != nil {
 		return nil, fmt.Errorf("blockdev: map slot table for %d pages: %w", n, err)
 	}
@@ -58,7 +65,9 @@ func newSlotTable(n uint64) (*slotTable, error) {
 	// lock-on-fault, and the kernel skips MAP_POPULATE for such mappings
 	// (populate_vma_page_range): the table would fault page by page on the
 	// write path. Touching every page faults it in (and locks it) now.
-	prefault(mem)
+	if populate {
+		prefault(mem)
+	}
 	return &slotTable{mem: mem, slots: unsafe.Slice((*slot)(unsafe.Pointer(&mem[0])), n)}, nil
 }
 

@@ -358,6 +358,9 @@ func (d *Daemon) addLocked(cfg blockdev.Config, socket string) (*entry, error) {
 	if _, dup := d.devs[cfg.Name]; dup {
 		return nil, control.Errorf(control.ErrExists, "device %s already exists", cfg.Name)
 	}
+	// Unlocked memory can be swapped out anyway, so holding the whole
+	// table faulted in buys nothing then.
+	cfg.TableOnDemand = !d.cfg.Swapsafe.Mlock
 	dev, err := blockdev.New(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("daemon: create %s: %w", cfg.Name, err)
