@@ -439,7 +439,11 @@ func TestRecompressConcurrentIO(t *testing.T) {
 				model[p] = pages[p]
 			}
 			got := make([]byte, PageSize)
-			for i := 0; i < 1500; i++ {
+			// 1500 operations, and on until some page was recompressed
+			// beside them: without -race the I/O can finish before a
+			// recompression run gets to its first page.
+			start := time.Now()
+			for i := 0; i < 1500 || (i%100 != 0 || d.Stats().Recomp.Recompressed == 0) && time.Since(start) < 30*time.Second; i++ {
 				p := w + workers*r.IntN(n/workers)
 				switch op := r.IntN(10); {
 				case op < 3:
