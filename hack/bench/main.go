@@ -34,6 +34,11 @@ type options struct {
 	targets, jobs, binB string
 }
 
+// memSettle is how long after the fills the servers' memory is read: uzram
+// gives a closed connection's buffers back at its next heap poll (5 s)
+// where store memory held still.
+const memSettle = 12 * time.Second
+
 func main() {
 	var o options
 	flag.BoolVar(&o.quick, "quick", false, "spine figures only: QD32 x2 randread/randwrite and QD1 latency on 50% data")
@@ -164,13 +169,8 @@ func runKind(ctx context.Context, o options, f fio, tmp string, d dataKind, jobs
 			return nil, err
 		}
 		m := memRow{target: t.name, uzram: t.uzram, store: t.short != "null", rssIdle: idle}
-		if m.rss, err = t.rss(); err != nil {
+		if m.rssFill, err = t.rss(); err != nil {
 			return nil, err
-		}
-		if t.uzram {
-			if m.mm, err = t.mmStat(); err != nil {
-				return nil, err
-			}
 		}
 		kr.mem = append(kr.mem, m)
 	}
@@ -184,6 +184,33 @@ func runKind(ctx context.Context, o options, f fio, tmp string, d dataKind, jobs
 			return nil, err
 		}
 		kr.zramMem = mm
+		// What mem_used_total leaves out; a note instead if unreadable.
+		if kr.zramTable, err = zramTable(); err == nil {
+			kr.zramHandles, err = zramHandles()
+		}
+		if err != nil {
+			kr.zramExtraNote = err.Error()
+		}
+	}
+	// Settled: a server that has just served the fill still holds that
+	// connection's buffers until its heap watcher gives them back (uzram:
+	// at a poll where store memory held still, within 10 s).
+	logf("memory: settling %s", memSettle)
+	time.Sleep(memSettle)
+	for i, t := range kr.targets {
+		m := &kr.mem[i]
+		var err error
+		if m.rss, err = t.rss(); err != nil {
+			return nil, err
+		}
+		if m.rssAnon, err = t.rssAnon(); err != nil {
+			return nil, err
+		}
+		if t.uzram {
+			if m.mm, err = t.mmStat(); err != nil {
+				return nil, err
+			}
+		}
 	}
 
 	all := kr.targets

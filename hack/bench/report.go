@@ -20,12 +20,18 @@ type kindResult struct {
 	samples  map[string]map[string][]sample // job name, target name
 	mem      []memRow
 	zramMem  []uint64
+	// zram's table and handle cache, which mem_used_total leaves out
+	zramTable, zramHandles uint64
+	zramExtraNote          string
 }
 
 type memRow struct {
 	target       string
 	uzram, store bool
-	rssIdle, rss uint64
+	rssIdle      uint64
+	rssFill      uint64   // right after the fill
+	rss          uint64   // settled (memSettle later)
+	rssAnon      uint64   // of rss: private memory, not the binary's file pages
 	mm           []uint64 // uzram's mm_stat
 }
 
@@ -259,13 +265,14 @@ func (r *report) writeKind(b *strings.Builder, kr *kindResult, i int) {
 
 func (r *report) writeMemory(b *strings.Builder) {
 	b.WriteString("## Memory after a 1 GiB fill (fresh server per data kind)\n\n")
-	b.WriteString("Stored = the 1 GiB written. RSS is VmRSS of the server process; mm_stat fields are uzram's (zram's meanings). MiB.\n\n")
-	b.WriteString("| data | target | RSS idle | RSS after fill | orig_data_size | compr_data_size | mem_used_total | stored ÷ RSS | RSS ÷ compr |\n")
-	b.WriteString("|---|---|---:|---:|---:|---:|---:|---:|---:|\n")
+	fmt.Fprintf(b, "Stored = the 1 GiB written. RSS is VmRSS of the server process right after the fill and %s later (settled, when mm_stat is read too); "+
+		"anon is the settled RSS without the binary's file pages (RssAnon). uzram's slot table is in its RSS (16 bytes per page of the 2 GiB device). mm_stat fields are uzram's (zram's meanings). MiB.\n\n", memSettle)
+	b.WriteString("| data | target | RSS idle | RSS after fill | RSS settled | anon | orig_data_size | compr_data_size | mem_used_total | stored ÷ RSS | stored ÷ anon | RSS ÷ compr |\n")
+	b.WriteString("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	const stored = 1 << 30
 	for _, kr := range r.kinds {
 		for _, m := range kr.mem {
-			orig, compr, used, perRSS, overCompr := "–", "–", "–", "–", "–"
+			orig, compr, used, perRSS, perAnon, overCompr := "–", "–", "–", "–", "–", "–"
 			if m.mm != nil {
 				orig, compr, used = mib(m.mm[0]), mib(m.mm[1]), mib(m.mm[2])
 				if m.mm[1] > 0 {
@@ -274,24 +281,35 @@ func (r *report) writeMemory(b *strings.Builder) {
 			}
 			if m.store {
 				perRSS = fmt.Sprintf("%.2f", stored/float64(m.rss))
+				perAnon = fmt.Sprintf("%.2f", stored/float64(m.rssAnon))
 			}
-			fmt.Fprintf(b, "| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", kr.kind.name, m.target,
-				mib(m.rssIdle), mib(m.rss), orig, compr, used, perRSS, overCompr)
+			fmt.Fprintf(b, "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", kr.kind.name, m.target,
+				mib(m.rssIdle), mib(m.rssFill), mib(m.rss), mib(m.rssAnon), orig, compr, used, perRSS, perAnon, overCompr)
 		}
 	}
 	b.WriteString("\nReference: host kernel zram lz4, same fill through libaio on " + zramDev +
-		" (its memory is kernel memory, mm_stat's mem_used_total; no process RSS).\n\n")
-	b.WriteString("| data | orig_data_size | compr_data_size | mem_used_total | stored ÷ mem_used_total |\n|---|---:|---:|---:|---:|\n")
+		" (its memory is kernel memory; no process RSS). mem_used_total is zsmalloc's pages only; zram also holds its slot table" +
+		" (vmalloc, /proc/vmallocinfo) and a zsmalloc handle per object (/proc/slabinfo zs_handle-zram0), counted in \"with table\"" +
+		" (its zspage records sit in a merged slab cache and are left out, in zram's favour).\n\n")
+	b.WriteString("| data | orig_data_size | compr_data_size | mem_used_total | table | handles | with table | stored ÷ mem_used_total | stored ÷ with table |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, kr := range r.kinds {
 		if kr.zramMem == nil {
-			fmt.Fprintf(b, "| %s | %s | | | |\n", kr.kind.name, kr.zramNote)
+			fmt.Fprintf(b, "| %s | %s | | | | | | | |\n", kr.kind.name, kr.zramNote)
 			continue
 		}
-		per := "–"
+		per, perAll, table, handles, all := "–", "–", "–", "–", "–"
 		if kr.zramMem[2] > 0 {
 			per = fmt.Sprintf("%.2f", stored/float64(kr.zramMem[2]))
 		}
-		fmt.Fprintf(b, "| %s | %s | %s | %s | %s |\n", kr.kind.name, mib(kr.zramMem[0]), mib(kr.zramMem[1]), mib(kr.zramMem[2]), per)
+		if kr.zramExtraNote == "" {
+			tot := kr.zramMem[2] + kr.zramTable + kr.zramHandles
+			table, handles, all = mib(kr.zramTable), mib(kr.zramHandles), mib(tot)
+			perAll = fmt.Sprintf("%.2f", stored/float64(tot))
+		} else {
+			table = kr.zramExtraNote
+		}
+		fmt.Fprintf(b, "| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", kr.kind.name, mib(kr.zramMem[0]), mib(kr.zramMem[1]), mib(kr.zramMem[2]),
+			table, handles, all, per, perAll)
 	}
 	b.WriteString("\n")
 }

@@ -167,17 +167,29 @@ func stopAll() {
 
 // rss reads VmRSS, in bytes.
 func (t *target) rss() (uint64, error) {
+	v, err := t.status("VmRSS:")
+	return v, err
+}
+
+// rssAnon reads RssAnon, in bytes: the process's private memory, without
+// the binary's and libraries' file pages (shared page cache).
+func (t *target) rssAnon() (uint64, error) {
+	return t.status("RssAnon:")
+}
+
+// status reads one kB field of /proc/PID/status, in bytes.
+func (t *target) status(field string) (uint64, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", t.cmd.Process.Pid))
 	if err != nil {
 		return 0, err
 	}
 	for _, l := range strings.Split(string(b), "\n") {
-		if f := strings.Fields(l); len(f) >= 2 && f[0] == "VmRSS:" {
+		if f := strings.Fields(l); len(f) >= 2 && f[0] == field {
 			kb, err := strconv.ParseUint(f[1], 10, 64)
 			return kb << 10, err
 		}
 	}
-	return 0, errors.New("no VmRSS")
+	return 0, errors.New("no " + field)
 }
 
 // mmStat asks uzram for its stats (SIGUSR1) and waits for the new mm_stat
@@ -292,6 +304,58 @@ func zramReset() {
 		time.Sleep(100 * time.Millisecond)
 	}
 	fmt.Fprintln(os.Stderr, "bench: could not reset", zramDev, "- run: echo 1 > "+zramSys+"/reset")
+}
+
+// zramTable is the kernel memory of zram's slot table: the vmalloc area
+// disksize_store allocates (zram_meta_alloc, inlined), from /proc/vmallocinfo.
+// mem_used_total leaves it out.
+func zramTable() (uint64, error) {
+	b, err := os.ReadFile("/proc/vmallocinfo")
+	if err != nil {
+		return 0, err
+	}
+	var n uint64
+	for _, l := range strings.Split(string(b), "\n") {
+		if !strings.Contains(l, "disksize_store") && !strings.Contains(l, "zram_meta_alloc") {
+			continue
+		}
+		for _, f := range strings.Fields(l) {
+			if p, ok := strings.CutPrefix(f, "pages="); ok {
+				v, err := strconv.ParseUint(p, 10, 64)
+				if err != nil {
+					return 0, err
+				}
+				n += v << 12
+			}
+		}
+	}
+	if n == 0 {
+		return 0, errors.New("no zram table in /proc/vmallocinfo")
+	}
+	return n, nil
+}
+
+// zramHandles is the memory of zsmalloc's handle cache for zram0 (one 8-byte
+// handle per stored object), from /proc/slabinfo; mem_used_total leaves it
+// out. Its zspage records share a merged cache and are not counted.
+func zramHandles() (uint64, error) {
+	b, err := os.ReadFile("/proc/slabinfo")
+	if err != nil {
+		return 0, err
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		f := strings.Fields(l)
+		// name active objs objsize objperslab pagesperslab : tunables ... : slabdata active_slabs num_slabs sharedavail
+		if len(f) >= 16 && f[0] == "zs_handle-zram0" {
+			pps, err1 := strconv.ParseUint(f[5], 10, 64)
+			slabs, err2 := strconv.ParseUint(f[14], 10, 64)
+			if err := errors.Join(err1, err2); err != nil {
+				return 0, err
+			}
+			return slabs * pps << 12, nil
+		}
+	}
+	return 0, errors.New("no zs_handle-zram0 in /proc/slabinfo")
 }
 
 func zramMMStat() ([]uint64, error) {
