@@ -19,20 +19,10 @@ func setAllOther(t *testing.T) {
 
 func checkAllRR(t *testing.T, when string) {
 	t.Helper()
-	pols, err := ThreadPolicies()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var bad []int
-	for tid, pol := range pols {
-		if pol != unix.SCHED_RR {
-			bad = append(bad, tid)
-		}
-	}
-	if len(bad) > 0 {
-		t.Errorf("%s: %d of %d threads not SCHED_RR: %v (%v)", when, len(bad), len(pols), bad, pols)
+	if bad, n := policiesBut(t, -1, unix.SCHED_RR); len(bad) > 0 {
+		t.Errorf("%s: %d of %d threads not SCHED_RR: %v", when, len(bad), n, bad)
 	} else {
-		t.Logf("%s: all %d threads SCHED_RR", when, len(pols))
+		t.Logf("%s: all %d threads SCHED_RR", when, n)
 	}
 }
 
