@@ -38,7 +38,6 @@ func applyRealtime() error {
 	if _, err := setAllThreads(unix.SCHED_RR, RealtimePriority, -1); err != nil {
 		return fmt.Errorf("swapsafe: SCHED_RR priority %d: %w", RealtimePriority, permHint(err))
 	}
-	realtimeAlways.Store(true)
 	return nil
 }
 

@@ -64,19 +64,6 @@ var (
 	watch   *rtWatch
 )
 
-// RealtimeActive reports whether the server's threads run in SCHED_RR now:
-// always under RealtimeAlways, while memory is short under RealtimeAuto.
-func RealtimeActive() bool {
-	if realtimeAlways.Load() {
-		return true
-	}
-	watchMu.Lock()
-	defer watchMu.Unlock()
-	return watch != nil && watch.on.Load()
-}
-
-var realtimeAlways atomic.Bool
-
 // DefaultRealtimeBelow is the free memory under which RealtimeAuto goes
 // real-time: a sixteenth of RAM, and at least 16 times vm.min_free_kbytes.
 // The margin is wide on purpose: the switch must be done before a server
@@ -210,11 +197,12 @@ func (w *rtWatch) run(ready chan<- error) {
 // switchTo puts every thread in SCHED_RR (on) or SCHED_OTHER; the watcher
 // stays real-time either way.
 func (w *rtWatch) switchTo(on bool, free uint64) {
-	policy, prio, self := unix.SCHED_NORMAL, int32(0), unix.SCHED_RR|unix.SCHED_RESET_ON_FORK
+	self := unix.SCHED_RR | unix.SCHED_RESET_ON_FORK
 	if on {
-		policy, prio, self = unix.SCHED_RR, RealtimePriority, unix.SCHED_RR
+		self = unix.SCHED_RR
 	}
 	_ = setThread(w.self, self, RealtimePriority)
+	policy, prio := threadPolicy(on)
 	for _, tid := range w.tids { // no allocation: the threads we know of first
 		if tid != w.self {
 			_ = setThread(tid, policy, prio)
@@ -231,13 +219,19 @@ func (w *rtWatch) switchTo(on bool, free uint64) {
 // walk sets every thread but the watcher to the state's policy and
 // remembers the threads it saw.
 func (w *rtWatch) walk(on bool) {
-	policy, prio := unix.SCHED_NORMAL, int32(0)
-	if on {
-		policy, prio = unix.SCHED_RR, RealtimePriority
-	}
+	policy, prio := threadPolicy(on)
 	if tids, err := setAllThreads(policy, prio, w.self); err == nil {
 		w.tids = tids
 	}
+}
+
+// threadPolicy is the policy and priority of the server's threads while
+// real-time (on) or not.
+func threadPolicy(on bool) (int, int32) {
+	if on {
+		return unix.SCHED_RR, RealtimePriority
+	}
+	return unix.SCHED_NORMAL, 0
 }
 
 // setThread sets one thread's policy (which may carry SCHED_RESET_ON_FORK).

@@ -87,12 +87,7 @@ func TestRealtimeAutoFollowsFreeMemory(t *testing.T) {
 	// Threads the runtime starts while memory is short become real-time
 	// too, whichever thread clones them (the recheck walk catches those
 	// cloned from the watcher, which resets its children).
-	more := newBlockers(t)
-	more.start(8)
-	defer more.stop()
-	if n := waitThreads(t, n0+8); n <= n0 {
-		t.Errorf("no new threads appeared (%d before, %d after)", n0, n)
-	}
+	defer moreThreads(t, n0)()
 	waitPolicies(t, -1, unix.SCHED_RR, "new threads, memory short")
 
 	// Between the threshold and twice it: stays real-time (hysteresis).

@@ -109,6 +109,22 @@ func existingThreads(t *testing.T) (int, func()) {
 	}
 }
 
+// moreThreads makes the runtime start new threads (8 goroutines blocked
+// in read(2)) and waits for them; n0 is how many threads there were. A test
+// of what new threads inherit proves nothing without them, so none
+// appearing is an error. It returns the func that ends them.
+func moreThreads(t *testing.T, n0 int) (stop func()) {
+	t.Helper()
+	b := newBlockers(t)
+	b.start(8)
+	n1 := waitThreads(t, n0+8)
+	if n1 <= n0 {
+		t.Errorf("no new threads appeared (%d before, %d after); the inheritance check proves nothing", n0, n1)
+	}
+	t.Logf("threads: %d before, %d after forcing new ones", n0, n1)
+	return b.stop
+}
+
 // waitThreads waits until the process has at least n threads.
 func waitThreads(t *testing.T, n int) int {
 	t.Helper()
@@ -171,8 +187,6 @@ func TestIOFlusherAllThreads(t *testing.T) {
 
 	// New threads after Apply inherit the flags from the thread that clones
 	// them; force the runtime to make several more.
-	after := newBlockers(t)
-	after.start(8)
 	lockedAfter := make(chan struct{})
 	var lawg sync.WaitGroup
 	for range 3 {
@@ -189,15 +203,11 @@ func TestIOFlusherAllThreads(t *testing.T) {
 			<-lockedAfter
 		}()
 	}
-	n1 := waitThreads(t, n0+8)
-	if n1 <= n0 {
-		t.Errorf("no new threads appeared (%d before, %d after); the inheritance check proves nothing", n0, n1)
-	}
-	t.Logf("threads: %d before Apply, %d after forcing new ones", n0, n1)
+	stopMore := moreThreads(t, n0)
 	checkAllFlagged(t, "after new threads")
 	close(lockedAfter)
 	lawg.Wait()
-	after.stop()
+	stopMore()
 }
 
 // vmRSS returns VmRSS from /proc/self/status in KiB.
