@@ -167,8 +167,7 @@ func stopAll() {
 
 // rss reads VmRSS, in bytes.
 func (t *target) rss() (uint64, error) {
-	v, err := t.status("VmRSS:")
-	return v, err
+	return t.status("VmRSS:")
 }
 
 // rssAnon reads RssAnon, in bytes: the process's private memory, without
