@@ -65,7 +65,7 @@ func serveCommand() *cli.Command {
 			&cli.BoolFlag{Name: "no-mlock", Usage: "do not lock the server's memory"},
 			&cli.BoolFlag{Name: "no-oom-adj", Usage: "do not set oom_score_adj to -1000"},
 			&cli.StringFlag{Name: "realtime", Value: "auto", Usage: "when the server's threads run in SCHED_RR, which lets their allocations use the kernel's reserve: auto (while free memory is below --realtime-below), always, never"},
-			&cli.StringFlag{Name: "realtime-below", Usage: "free memory under which --realtime auto goes real-time (default: RAM/16, at least 16x vm.min_free_kbytes)"},
+			&cli.StringFlag{Name: "realtime-below", Usage: "free memory under which --realtime auto goes real-time (default: RAM/16, at least 16x vm.min_free_kbytes, at most RAM/2)"},
 			&cli.BoolFlag{Name: "no-realtime", Usage: "same as --realtime never"},
 			&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, Usage: "log connections"},
 			&cli.StringFlag{Name: "control", Usage: "control API unix socket (default: control.sock beside the device sockets)"},
