@@ -9,8 +9,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/uzram/uzram/nbdclient"
 )
 
 // threadPolicies counts a process's threads by scheduling policy (field 41
@@ -35,30 +33,13 @@ func threadPolicies(t *testing.T, pid int) (rr, total int) {
 	return rr, total
 }
 
-// roundTrip writes pages of random data through NBD and reads them back.
-func roundTrip(t *testing.T, s *server) {
-	t.Helper()
-	c, err := nbdclient.Dial("unix", s.Socket, s.Name)
-	if err != nil {
-		t.Fatal(err)
+// someData is 1 MiB that compresses and is not same-filled.
+func someData() []byte {
+	b := make([]byte, 1<<20)
+	for i := range b {
+		b[i] = byte(rand.IntN(4))
 	}
-	defer c.Close()
-	want := make([]byte, 64<<10)
-	for i := range want {
-		want[i] = byte(rand.IntN(4)) // compressible, not same-filled
-	}
-	for off := uint64(0); off < 1<<20; off += uint64(len(want)) {
-		if err := c.WriteAt(want, off); err != nil {
-			t.Fatal(err)
-		}
-		got := make([]byte, len(want))
-		if err := c.ReadAt(got, off); err != nil {
-			t.Fatal(err)
-		}
-		if !bytes.Equal(got, want) {
-			t.Fatalf("offset %d: read back differs", off)
-		}
-	}
+	return b
 }
 
 // TestRealtimeAuto: by default (--realtime auto) the server's threads run
@@ -70,7 +51,7 @@ func TestRealtimeAuto(t *testing.T) {
 	if strings.Contains(plenty.stderr(), "SCHED_RR") && strings.Contains(plenty.stderr(), "operation not permitted") {
 		t.Skipf("no SCHED_RR here: %s", plenty.stderr())
 	}
-	roundTrip(t, plenty)
+	writeVerify(t, plenty, someData())
 	if rr, total := threadPolicies(t, plenty.cmd.Process.Pid); rr != 1 {
 		t.Errorf("--realtime-below 1M: %d of %d threads SCHED_RR, want 1 (the memory watcher)", rr, total)
 	}
@@ -92,7 +73,7 @@ func TestRealtimeAuto(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	roundTrip(t, short)
+	writeVerify(t, short, someData())
 	if rr, total := threadPolicies(t, short.cmd.Process.Pid); rr != total {
 		t.Errorf("after serving: %d of %d threads SCHED_RR; threads started since were missed", rr, total)
 	}
@@ -101,12 +82,12 @@ func TestRealtimeAuto(t *testing.T) {
 	}
 
 	always := startServer(t, "--size", "16M", "--realtime", "always")
-	roundTrip(t, always)
+	writeVerify(t, always, someData())
 	if rr, total := threadPolicies(t, always.cmd.Process.Pid); rr != total {
 		t.Errorf("--realtime always: %d of %d threads SCHED_RR", rr, total)
 	}
 	never := startServer(t, "--size", "16M", "--no-realtime")
-	roundTrip(t, never)
+	writeVerify(t, never, someData())
 	if rr, total := threadPolicies(t, never.cmd.Process.Pid); rr != 0 {
 		t.Errorf("--no-realtime: %d of %d threads SCHED_RR", rr, total)
 	}
