@@ -101,6 +101,11 @@ func TestRealtimeAutoFollowsFreeMemory(t *testing.T) {
 	if pol, _, _ := unix.RawSyscall(unix.SYS_SCHED_GETSCHEDULER, uintptr(w.self), 0, 0); int(pol)&^unix.SCHED_RESET_ON_FORK != unix.SCHED_RR {
 		t.Errorf("watcher thread left real-time (policy %#x)", pol)
 	}
+	// The report reaches us through a goroutine, after the threads have
+	// switched: give it time rather than race it.
+	for deadline := time.Now().Add(10 * time.Second); switches.Load() < 2 && time.Now().Before(deadline); {
+		time.Sleep(5 * time.Millisecond)
+	}
 	if got := switches.Load(); got != 2 {
 		t.Errorf("reported %d switches, want 2 (on, off)", got)
 	}
