@@ -11,6 +11,8 @@
 # measure just the request path quickly, or a change before/after in one run:
 #   hack/bench.sh --quick --no-zram --targets uzram-lz4-percpu,nbdkit-null,nbdkit-zstd \
 #       --jobs "QD32 x2" --uzram-b OLD_BINARY   (then add uzramB-lz4-percpu to --targets)
+# Memory alone, at another fill (devices are twice the fill):
+#   hack/bench.sh --quick --memory-only --fill 4G --targets uzram-lz4-percpu,nbdkit-zstd
 # Results: results/bench-<date>.md (also on stdout), .tsv and .png charts.
 # Needs root for /dev/zram0 (skipped otherwise, or with --no-zram).
 set -euo pipefail

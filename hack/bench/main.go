@@ -6,8 +6,8 @@
 //
 // The machine it runs on is shared and noisy, so targets are interleaved run
 // by run (A B C A B C ...) and only ratios within one run mean much. Every
-// data kind gets fresh servers and a 1 GiB fill first; the fill is also when
-// memory is measured. hack/bench.sh builds and runs it; see --help.
+// data kind gets fresh servers and a 1 GiB fill first (--fill); the fill is
+// also when memory is measured. hack/bench.sh builds and runs it; see --help.
 package main
 
 import (
@@ -26,6 +26,8 @@ import (
 
 type options struct {
 	quick, goOnly, noZram bool
+	memOnly               bool
+	fill                  string
 	bin, repo, out        string
 	runs, runtime, ramp   int
 	goPkgs, goBenchtime   string
@@ -44,6 +46,8 @@ func main() {
 	flag.BoolVar(&o.quick, "quick", false, "spine figures only: QD32 x2 randread/randwrite and QD1 latency on 50% data")
 	flag.BoolVar(&o.goOnly, "go", false, "run only the Go hot-path benchmarks (-benchmem) into the results file")
 	flag.BoolVar(&o.noZram, "no-zram", false, "skip the host kernel zram reference")
+	flag.BoolVar(&o.memOnly, "memory-only", false, "fill and measure memory, run no fio jobs (50% data; all kinds without --quick)")
+	flag.StringVar(&o.fill, "fill", "1G", "bytes written before the jobs (devices are twice this): 512M, 1G, 4G...")
 	flag.StringVar(&o.bin, "uzram", "", "uzram binary (required unless --go)")
 	flag.StringVar(&o.repo, "repo", ".", "uzram module root, for --go and the version line")
 	flag.StringVar(&o.out, "out", "results", "results folder")
@@ -62,6 +66,11 @@ func main() {
 		if o.quick {
 			o.runtime = 2
 		}
+	}
+
+	if err := setFill(o.fill); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(2)
 	}
 
 	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
@@ -116,6 +125,11 @@ func run(ctx context.Context, o options) error {
 			return fmt.Errorf("--jobs %q matches no job", o.jobs)
 		}
 		plan = kept
+	}
+	if o.memOnly {
+		for i := range plan {
+			plan[i].jobs = nil
+		}
 	}
 	f := fio{runtime: o.runtime, ramp: o.ramp, tmp: tmp}
 	for _, p := range plan {

@@ -136,12 +136,14 @@ func (r *report) write(mdPath string) error {
 	b.WriteString(r.env)
 	fmt.Fprintf(&b, "- load average at end %s; took %s\n", r.loadEnd, r.end.Sub(r.start).Round(time.Second))
 	fmt.Fprintf(&b, "- fio 4 KiB/128 KiB jobs over `ioengine=nbd` on unix sockets; %d interleaved runs per job and target "+
-		"(A B C A B C ...), %d s each after %d s ramp; median (min–max). 2 GiB devices, the first 1 GiB filled with "+
-		"the data kind before any job; jobs stay in that 1 GiB.\n", r.opts.runs, r.opts.runtime, r.opts.ramp)
+		"(A B C A B C ...), %d s each after %d s ramp; median (min–max). %s devices, the first %s filled with "+
+		"the data kind before any job; jobs stay in that %s.\n", r.opts.runs, r.opts.runtime, r.opts.ramp, deviceName, fillName, fillName)
 	b.WriteString("- Shared, noisy machine: compare targets within this run, not with other runs.\n\n")
 
 	for i, kr := range r.kinds {
-		r.writeKind(&b, kr, i)
+		if len(kr.jobs) > 0 {
+			r.writeKind(&b, kr, i)
+		}
 	}
 	r.writeMemory(&b)
 	b.WriteString("Reproduce: `" + r.opts.command() + "`\n")
@@ -264,12 +266,12 @@ func (r *report) writeKind(b *strings.Builder, kr *kindResult, i int) {
 }
 
 func (r *report) writeMemory(b *strings.Builder) {
-	b.WriteString("## Memory after a 1 GiB fill (fresh server per data kind)\n\n")
-	fmt.Fprintf(b, "Stored = the 1 GiB written. RSS is VmRSS of the server process right after the fill and %s later (settled, when mm_stat is read too); "+
-		"anon is the settled RSS without the binary's file pages (RssAnon). uzram's slot table is in its RSS (16 bytes per page of the 2 GiB device). mm_stat fields are uzram's (zram's meanings). MiB.\n\n", memSettle)
+	fmt.Fprintf(b, "## Memory after a %s fill (fresh server per data kind)\n\n", fillName)
+	fmt.Fprintf(b, "Stored = the %s written. RSS is VmRSS of the server process right after the fill and %s later (settled, when mm_stat is read too); "+
+		"anon is the settled RSS without the binary's file pages (RssAnon). uzram's slot table is in its RSS (16 bytes per page of the %s device). mm_stat fields are uzram's (zram's meanings). MiB.\n\n", fillName, memSettle, deviceName)
 	b.WriteString("| data | target | RSS idle | RSS after fill | RSS settled | anon | orig_data_size | compr_data_size | mem_used_total | stored ÷ RSS | stored ÷ anon | RSS ÷ compr |\n")
 	b.WriteString("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
-	const stored = 1 << 30
+	stored := float64(fillBytes)
 	for _, kr := range r.kinds {
 		for _, m := range kr.mem {
 			orig, compr, used, perRSS, perAnon, overCompr := "–", "–", "–", "–", "–", "–"
@@ -401,6 +403,12 @@ func (o options) command() string {
 	}
 	if o.binB != "" {
 		c += " --uzram-b BIN"
+	}
+	if o.fill != "1G" {
+		c += " --fill " + o.fill
+	}
+	if o.memOnly {
+		c += " --memory-only"
 	}
 	return c
 }
