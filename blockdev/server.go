@@ -66,6 +66,7 @@ type Server struct {
 	listeners map[net.Listener]struct{}
 	conns     map[*conn]struct{}
 	closing   bool
+	handed    []HandedConn // connections stopped for a handover (handover.go)
 	wg        sync.WaitGroup
 	nextID    atomic.Uint64
 
@@ -234,7 +235,7 @@ func (s *Server) ServeConn(nc net.Conn) {
 	// The handshake reads through a small buffer; transmission stacks its
 	// large one on top (serveTransmission), so a connection that never gets
 	// past the handshake costs little.
-	c := &conn{srv: s, nc: nc, raw: nc, br: bufio.NewReaderSize(nc, handshakeBuffer), id: s.nextID.Add(1), quit: make(chan struct{})}
+	c := s.newConn(nc)
 	s.mu.Lock()
 	if s.closing {
 		s.mu.Unlock()
@@ -244,19 +245,27 @@ func (s *Server) ServeConn(nc net.Conn) {
 	s.conns[c] = struct{}{}
 	s.wg.Add(1)
 	s.mu.Unlock()
-	go func() {
-		defer s.wg.Done()
-		defer func() {
-			s.mu.Lock()
-			delete(s.conns, c)
-			s.mu.Unlock()
-			nc.Close()
-			if s.opts.ConnEnded != nil {
-				s.opts.ConnEnded()
-			}
-		}()
-		s.serve(c)
+	go s.run(c, s.serve)
+}
+
+func (s *Server) newConn(nc net.Conn) *conn {
+	return &conn{srv: s, nc: nc, raw: nc, br: bufio.NewReaderSize(nc, handshakeBuffer), id: s.nextID.Add(1), quit: make(chan struct{})}
+}
+
+// run serves c with serve, registered in s.conns and s.wg by the caller,
+// and forgets it afterwards.
+func (s *Server) run(c *conn, serve func(*conn)) {
+	defer s.wg.Done()
+	defer func() {
+		s.mu.Lock()
+		delete(s.conns, c)
+		s.mu.Unlock()
+		c.raw.Close()
+		if s.opts.ConnEnded != nil {
+			s.opts.ConnEnded()
+		}
 	}()
+	serve(c)
 }
 
 func (s *Server) serve(c *conn) {
@@ -283,8 +292,17 @@ func (s *Server) serve(c *conn) {
 	c.dev, c.tflags = d, tflags // under mu: Attached reads them
 	s.mu.Unlock()
 	s.log.Debug("client attached", "conn", c.id, "export", d.Name())
-	if err := c.serveTransmission(); err != nil && !c.broken.Load() && !s.isClosing() {
-		s.log.Warn("connection closed", "conn", c.id, "export", d.Name(), "err", err)
+	s.transmit(c)
+}
+
+// transmit runs c's transmission phase; c.dev and c.tflags are set.
+func (s *Server) transmit(c *conn) {
+	err := c.serveTransmission()
+	switch {
+	case errors.Is(err, errHandover):
+		s.handedOver(c)
+	case err != nil && !c.broken.Load() && !s.isClosing():
+		s.log.Warn("connection closed", "conn", c.id, "export", c.dev.Name(), "err", err)
 	}
 }
 

@@ -217,7 +217,10 @@ type conn struct {
 
 	stopping atomic.Bool
 	quit     chan struct{} // closed by stop
-	quitOnce sync.Once
+
+	handingOver atomic.Bool // stop at the next request boundary (handover.go)
+	pending     []byte      // an adopted connection's first bytes
+	quitOnce    sync.Once
 }
 
 // stop wakes the reader wherever it waits (socket or budget); workers still
@@ -252,6 +255,8 @@ func (c *conn) serveTransmission() error {
 	if err := c.setupInline(inflight); err != nil {
 		return err
 	}
+	c.rx.end += copy(c.rx.buf[c.rx.end:], c.pending) // Adopt checked it fits
+	c.pending = nil
 	c.queue = make([]*request, 0, inflight)
 	c.spare = make([]*request, 0, inflight)
 	c.iov = make(net.Buffers, 0, inflight)
@@ -341,6 +346,12 @@ const batchMax = 8
 func (c *conn) readRequests() error {
 	defer c.beforeBlock() // what was read is served, however reading ends
 	for {
+		if c.handingOver.Load() {
+			// A boundary: what rx holds beyond it goes to the successor.
+			// Stopping here, not when rx runs dry, ends the handover even
+			// while the client keeps sending.
+			return errHandover
+		}
 		select {
 		case <-c.tokens:
 		default:
@@ -364,6 +375,9 @@ func (c *conn) readRequests() error {
 		// Idle until a request starts: no timeout applies here.
 		if err := c.rx.waitData(); err != nil {
 			c.putFree(r)
+			if c.stoppedForHandover(err) {
+				return errHandover
+			}
 			if errors.Is(err, io.EOF) {
 				return nil // client closed between requests
 			}
@@ -371,7 +385,7 @@ func (c *conn) readRequests() error {
 		}
 		c.reqSeq.Add(1)
 		c.inRequest.Store(true)
-		if _, err := io.ReadFull(c.rx, r.hbuf[:]); err != nil {
+		if err := c.readFull(r.hbuf[:]); err != nil {
 			c.putFree(r)
 			return fmt.Errorf("blockdev: nbd: read request: %w", err)
 		}
@@ -407,7 +421,7 @@ func (c *conn) readRequests() error {
 			if c.rx.buffered() < n {
 				c.beforeBlock()
 			}
-			if _, err := io.ReadFull(c.rx, buf[replyHeaderSize:]); err != nil {
+			if err := c.readFull(buf[replyHeaderSize:]); err != nil {
 				c.budget.release(r.cost)
 				c.srv.total.release(r.cost)
 				r.cost = 0
