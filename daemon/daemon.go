@@ -62,6 +62,9 @@ type Config struct {
 	// StateFile, if set, holds the first device's contents across restarts:
 	// restored at start, saved at shutdown (reliability.go).
 	StateFile string
+	// Takeover starts by taking the device, its sockets and its live
+	// connections over from the daemon answering on Control (handover.go).
+	Takeover bool
 	// SocketMode and SocketGroup widen device sockets beyond 0600 and the
 	// daemon's group (reliability.go).
 	SocketMode  os.FileMode
@@ -106,6 +109,11 @@ type Daemon struct {
 	closing bool
 	// fatal receives the first error of a listener the daemon did not close.
 	fatal chan error
+	// handoverReq receives a successor's control connection (handover.go);
+	// handedOff is set once the successor has the sockets, whose paths are
+	// then not ours to remove.
+	handoverReq chan *net.UnixConn
+	handedOff   bool
 }
 
 // entry is one device and what the daemon keeps beside it.
@@ -170,15 +178,41 @@ func Run(ctx context.Context, cfg Config) error {
 	cfg.Server.ConnEnded = func() { heap.connEnded.Store(true) }
 	d := &Daemon{
 		cfg: cfg, log: log, srv: blockdev.NewServer(cfg.Server), metrics: metrics, heap: heap,
-		devs: map[string]*entry{}, fatal: make(chan error, 1),
+		devs: map[string]*entry{}, fatal: make(chan error, 1), handoverReq: make(chan *net.UnixConn, 1),
 	}
 	defer d.closeAll()
 	defer d.startHeapReturn()() // prefault.go: the Go heap shrinks back after a big TRIM
 
+	var ho *takeover
+	var devL, tcpL net.Listener // handed over by the predecessor
+	if cfg.Takeover {
+		if err := checkTakeover(cfg); err != nil {
+			return err
+		}
+		var err error
+		if ho, err = takeOver(cfg.Control); err != nil {
+			return fmt.Errorf("daemon: %w", err)
+		}
+		defer ho.close()
+		if devL, tcpL, err = ho.listeners(); err != nil {
+			return fmt.Errorf("daemon: %w", err)
+		}
+		if err := ho.matches(cfg); err != nil {
+			return fmt.Errorf("daemon: takeover: %w (the state file holds the data: start without --takeover)", err)
+		}
+	}
 	if !cfg.NoDevice {
-		e, err := d.add(cfg.Device, cfg.Socket)
+		e, err := d.add(cfg.Device, cfg.Socket, devL)
 		if err != nil {
 			return err
+		}
+		if ho != nil {
+			n, err := ho.adopt(d.srv)
+			if err != nil {
+				log.Warn("takeover: connections dropped", "err", err)
+			}
+			e.nbd = ho.m.NBD
+			log.Info("took over", "device", e.dev.Name(), "connections", n)
 		}
 		for _, a := range cfg.RecompAlgorithms {
 			if err := a.Apply(e.dev); err != nil {
@@ -195,10 +229,14 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 	}()
 	if cfg.Listen != "" {
-		l, err := ListenTCP(cfg.Listen) // a bare port: loopback only
-		if err != nil {
-			return err
+		l := tcpL
+		if l == nil {
+			var err error
+			if l, err = ListenTCP(cfg.Listen); err != nil { // a bare port: loopback only
+				return err
+			}
 		}
+		tcpL = l
 		extra = append(extra, l)
 		log.Info("serving every export", "addr", l.Addr().String())
 		go d.serve(l, nil)
@@ -212,8 +250,15 @@ func Run(ctx context.Context, cfg Config) error {
 		case err != nil:
 			return err
 		default:
-			defer os.Remove(cfg.Control)
-			ctl = &http.Server{Handler: control.Handler(d), ReadHeaderTimeout: 10 * time.Second}
+			defer func() {
+				if !d.isHandedOff() {
+					os.Remove(cfg.Control)
+				}
+			}()
+			mux := http.NewServeMux()
+			mux.HandleFunc("POST "+handoverPath, d.handoverHandler)
+			mux.Handle("/", control.Handler(d))
+			ctl = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 			go func() {
 				if err := ctl.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
 					d.fail(fmt.Errorf("daemon: control socket: %w", err))
@@ -250,9 +295,13 @@ func Run(ctx context.Context, cfg Config) error {
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGUSR1)
 	defer signal.Stop(sigs)
 	var runErr error
+	var successor *net.UnixConn
 loop:
 	for {
 		select {
+		case successor = <-d.handoverReq:
+			log.Info("handing over to a successor")
+			break loop
 		case s := <-sigs:
 			if s == syscall.SIGUSR1 {
 				d.printStats()
@@ -276,6 +325,15 @@ loop:
 	}
 	if met != nil {
 		met.Shutdown(sctx)
+	}
+	if successor != nil {
+		// The state file is written before anything is sent: if the
+		// handover fails, this was a plain restart.
+		if err := d.handOver(sctx, successor, tcpL); err != nil {
+			log.Error("handover failed: connections closed; start again from the state file", "err", err)
+			return err
+		}
+		return nil
 	}
 	d.mu.Lock()
 	d.closing = true
@@ -320,7 +378,9 @@ func (d *Daemon) closeAll() {
 		e := d.devs[name]
 		if e.l != nil {
 			e.l.Close()
-			os.Remove(e.socket)
+			if !d.handedOff {
+				os.Remove(e.socket)
+			}
 		}
 		e.ops.Lock() // a knob call that outlived the control server's shutdown
 		e.close()
@@ -345,13 +405,15 @@ var namePattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
 // add creates a device, exports it and listens on its socket ("" for
 // none). The caller has validated cfg for the admin's benefit; blockdev
 // validates it again.
-func (d *Daemon) add(cfg blockdev.Config, socket string) (*entry, error) {
+func (d *Daemon) add(cfg blockdev.Config, socket string, inherited net.Listener) (*entry, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return d.addLocked(cfg, socket)
+	return d.addLocked(cfg, socket, inherited)
 }
 
-func (d *Daemon) addLocked(cfg blockdev.Config, socket string) (*entry, error) {
+// addLocked: inherited, if not nil, is socket's listener, handed over by a
+// predecessor (access already set).
+func (d *Daemon) addLocked(cfg blockdev.Config, socket string, inherited net.Listener) (*entry, error) {
 	if d.closing {
 		return nil, errors.New("daemon: shutting down")
 	}
@@ -375,11 +437,13 @@ func (d *Daemon) addLocked(cfg blockdev.Config, socket string) (*entry, error) {
 	}
 	e := &entry{dev: dev, socket: socket}
 	if socket != "" {
-		l, err := ListenUnix(socket)
-		if err == nil {
-			if err = d.socketAccess(socket); err != nil {
-				l.Close()
-				os.Remove(socket)
+		l, err := inherited, error(nil)
+		if l == nil {
+			if l, err = ListenUnix(socket); err == nil {
+				if err = d.socketAccess(socket); err != nil {
+					l.Close()
+					os.Remove(socket)
+				}
 			}
 		}
 		if err != nil {
@@ -502,7 +566,7 @@ func (d *Daemon) Create(req control.CreateRequest) (control.Device, error) {
 	if cfg.Name == "control" {
 		return control.Device{}, control.Errorf(control.ErrInvalid, "the name %q is taken by the control socket; choose another", cfg.Name)
 	}
-	e, err := d.addLocked(cfg, filepath.Join(d.cfg.SocketDir, cfg.Name+".sock"))
+	e, err := d.addLocked(cfg, filepath.Join(d.cfg.SocketDir, cfg.Name+".sock"), nil)
 	if err != nil {
 		return control.Device{}, err
 	}

@@ -58,7 +58,28 @@ type server struct {
 // until it accepts connections.
 func startServer(t testing.TB, args ...string) *server {
 	t.Helper()
-	s := &server{t: t, Socket: filepath.Join(t.TempDir(), "uzram.sock"), Name: "uzram0", done: make(chan error, 1)}
+	s := launchServer(t, filepath.Join(t.TempDir(), "uzram.sock"), args...)
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		if c, err := net.Dial("unix", s.Socket); err == nil {
+			c.Close()
+			return s
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("uzram did not start listening: %s", s.stderr())
+		}
+		select {
+		case err := <-s.done:
+			t.Fatalf("uzram exited early: %v: %s", err, s.stderr())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// launchServer starts `uzram serve --socket socket args...` and returns at once.
+func launchServer(t testing.TB, socket string, args ...string) *server {
+	t.Helper()
+	s := &server{t: t, Socket: socket, Name: "uzram0", done: make(chan error, 1)}
 	for i, a := range args {
 		if a == "--name" && i+1 < len(args) {
 			s.Name = args[i+1]
@@ -79,21 +100,7 @@ func startServer(t testing.TB, args ...string) *server {
 	go s.copy(&pipes, stderr, &s.errOut)
 	go func() { pipes.Wait(); s.done <- s.cmd.Wait() }()
 	t.Cleanup(func() { s.stop() })
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		if c, err := net.Dial("unix", s.Socket); err == nil {
-			c.Close()
-			return s
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("uzram did not start listening: %s", s.stderr())
-		}
-		select {
-		case err := <-s.done:
-			t.Fatalf("uzram exited early: %v: %s", err, s.stderr())
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
+	return s
 }
 
 func (s *server) copy(wg *sync.WaitGroup, r io.Reader, b *strings.Builder) {

@@ -1,0 +1,359 @@
+package daemon
+
+// Taking over from a running daemon (`uzram serve --takeover`): the new
+// process asks the old one, over its control socket, for everything a
+// client is connected to, and the old one stops serving without closing a
+// single socket. The kernel's nbd driver never sees a connection die, so an
+// attached device, swap included, waits out the gap instead of failing or
+// stalling for its request timeout (hack/README-reliability.md).
+//
+//	new: POST /v1/handover on the control socket
+//	old: stops its control API, stops every connection at a request
+//	     boundary with its replies sent (blockdev.Server.Handover), saves the
+//	     first device to the state file, and sends an 8-byte header
+//	     ("UZHO" and the manifest's length) carrying the listeners' and
+//	     connections' sockets (SCM_RIGHTS), then the manifest (JSON)
+//	new: acknowledges with one byte; the old exits and frees its memory
+//	new: restores the device from the state file, serves the listeners
+//	     and adopts the connections, unread bytes first
+//
+// A refusal (no state file, devices created at runtime) comes back as an
+// HTTP error before anything stops: the old daemon serves on.
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/uzram/uzram/blockdev"
+)
+
+const (
+	handoverPath  = "/v1/handover"
+	handoverMagic = "UZHO"
+	// handoverMaxFDs is what one SCM_RIGHTS message carries (the kernel's
+	// SCM_MAX_FD is 253): two listeners and the connections.
+	handoverMaxFDs = 250
+	// handoverWait bounds the successor's wait for the old daemon, which
+	// saves the whole store meanwhile (about a second per GiB).
+	handoverWait = 5 * time.Minute
+)
+
+// handoverManifest says what the sockets passed with it are, in order: the
+// device's listener (if Socket), the TCP listener (if Listen), then Conns.
+type handoverManifest struct {
+	Device string       `json:"device"`
+	Socket string       `json:"socket,omitempty"`
+	Listen string       `json:"listen,omitempty"`
+	NBD    string       `json:"nbd,omitempty"`
+	Conns  []handedConn `json:"conns"`
+}
+
+type handedConn struct {
+	Export   string `json:"export"`
+	TFlags   uint16 `json:"tflags"`
+	Leftover []byte `json:"leftover,omitempty"`
+}
+
+// canHandOver says why this daemon cannot hand over, before anything stops.
+func (d *Daemon) canHandOver() error {
+	if d.cfg.StateFile == "" || d.cfg.NoDevice {
+		return errors.New("the running daemon has no --state-file: its store cannot be carried over (stop it and start again instead)")
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closing {
+		return errors.New("the running daemon is shutting down")
+	}
+	for _, name := range d.order {
+		if name != d.cfg.Device.Name {
+			return fmt.Errorf("device %s was created at runtime and cannot be carried over: reset it first", name)
+		}
+	}
+	if _, ok := d.devs[d.cfg.Device.Name]; !ok {
+		return fmt.Errorf("device %s is gone", d.cfg.Device.Name)
+	}
+	return nil
+}
+
+// handoverHandler answers POST /v1/handover: it takes the connection over
+// from HTTP and leaves the handover to Run's loop.
+func (d *Daemon) handoverHandler(w http.ResponseWriter, r *http.Request) {
+	if err := d.canHandOver(); err != nil {
+		http.Error(w, err.Error(), http.StatusConflict)
+		return
+	}
+	hj, ok := w.(http.Hijacker)
+	if !ok {
+		http.Error(w, "handover needs a raw connection", http.StatusInternalServerError)
+		return
+	}
+	nc, _, err := hj.Hijack()
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
+	uc, ok := nc.(*net.UnixConn)
+	if !ok {
+		nc.Close()
+		return
+	}
+	select {
+	case d.handoverReq <- uc:
+	default:
+		uc.Write([]byte("HTTP/1.1 409 Conflict\r\nContent-Length: 33\r\n\r\na takeover is already under way\r\n"))
+		uc.Close()
+	}
+}
+
+// handOver runs the old daemon's side once the control API has stopped.
+// Whatever happens, the daemon exits afterwards; the state file is saved
+// before anything is sent, so a failed handover is a plain restart.
+func (d *Daemon) handOver(ctx context.Context, uc *net.UnixConn, tcp net.Listener) error {
+	defer uc.Close()
+	os.Remove(d.cfg.Control) // the successor listens there next
+	d.mu.Lock()
+	d.closing = true
+	e := d.devs[d.cfg.Device.Name]
+	d.mu.Unlock()
+	conns, err := d.srv.Handover(ctx)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		for _, c := range conns {
+			c.File.Close()
+		}
+	}()
+	if err := d.SaveState(); err != nil {
+		return err
+	}
+	m := handoverManifest{Device: d.cfg.Device.Name, NBD: e.nbd}
+	var files []*os.File
+	defer func() {
+		for _, f := range files {
+			f.Close()
+		}
+	}()
+	if e.l != nil {
+		f, err := e.l.(*net.UnixListener).File()
+		if err != nil {
+			return fmt.Errorf("daemon: handover: %s: %w", e.socket, err)
+		}
+		files, m.Socket = append(files, f), e.socket
+	}
+	if tcp != nil {
+		f, err := tcp.(*net.TCPListener).File()
+		if err != nil {
+			return fmt.Errorf("daemon: handover: %s: %w", tcp.Addr(), err)
+		}
+		files, m.Listen = append(files, f), tcp.Addr().String()
+	}
+	for _, c := range conns {
+		if len(files) == handoverMaxFDs {
+			d.log.Warn("too many connections to hand over: the rest are closed", "handed", len(m.Conns))
+			break
+		}
+		files = append(files, c.File)
+		m.Conns = append(m.Conns, handedConn{Export: c.Export, TFlags: c.TFlags, Leftover: c.Leftover})
+	}
+	body, err := json.Marshal(m)
+	if err != nil {
+		return err
+	}
+	fds := make([]int, len(files))
+	for i, f := range files {
+		fds[i] = int(f.Fd())
+	}
+	hdr := binary.BigEndian.AppendUint32([]byte(handoverMagic), uint32(len(body)))
+	uc.SetDeadline(time.Now().Add(time.Minute))
+	if _, _, err := uc.WriteMsgUnix(hdr, unix.UnixRights(fds...), nil); err != nil {
+		return fmt.Errorf("daemon: handover: send sockets: %w", err)
+	}
+	if _, err := uc.Write(body); err != nil {
+		return fmt.Errorf("daemon: handover: send manifest: %w", err)
+	}
+	if _, err := io.ReadFull(uc, make([]byte, 1)); err != nil {
+		return fmt.Errorf("daemon: handover: no acknowledgement from the successor: %w", err)
+	}
+	d.mu.Lock()
+	d.handedOff = true // the sockets' paths are the successor's now
+	d.mu.Unlock()
+	d.log.Info("handed over", "device", m.Device, "connections", len(m.Conns), "listeners", len(files)-len(m.Conns))
+	return nil
+}
+
+// takeover is what the successor received.
+type takeover struct {
+	m     handoverManifest
+	files []*os.File // listeners, then connections
+}
+
+// takeOver asks the daemon on control to hand over and returns what it sent.
+func takeOver(control string) (*takeover, error) {
+	nc, err := net.DialTimeout("unix", control, 5*time.Second)
+	if err != nil {
+		return nil, fmt.Errorf("takeover: no daemon answers on %s: %w", control, err)
+	}
+	uc := nc.(*net.UnixConn)
+	defer uc.Close()
+	uc.SetDeadline(time.Now().Add(handoverWait))
+	if _, err := fmt.Fprintf(uc, "POST %s HTTP/1.1\r\nHost: uzram\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", handoverPath); err != nil {
+		return nil, fmt.Errorf("takeover: %w", err)
+	}
+	hdr := make([]byte, 8)
+	oob := make([]byte, unix.CmsgSpace(4*handoverMaxFDs))
+	n, oobn, _, _, err := uc.ReadMsgUnix(hdr, oob)
+	if err != nil {
+		return nil, fmt.Errorf("takeover: %w", err)
+	}
+	t := &takeover{}
+	if oobn > 0 {
+		msgs, err := unix.ParseSocketControlMessage(oob[:oobn])
+		if err != nil {
+			return nil, fmt.Errorf("takeover: %w", err)
+		}
+		for _, msg := range msgs {
+			fds, err := unix.ParseUnixRights(&msg)
+			if err != nil {
+				return nil, fmt.Errorf("takeover: %w", err)
+			}
+			for _, fd := range fds {
+				t.files = append(t.files, os.NewFile(uintptr(fd), "handed"))
+			}
+		}
+	}
+	fail := func(err error) (*takeover, error) { t.close(); return nil, err }
+	if strings.HasPrefix(string(hdr[:n]), "HTTP/") {
+		rest, _ := io.ReadAll(io.LimitReader(uc, 4096))
+		return fail(fmt.Errorf("takeover refused: %s", refusal(string(hdr[:n])+string(rest))))
+	}
+	if _, err := io.ReadFull(uc, hdr[n:]); err != nil {
+		return fail(fmt.Errorf("takeover: %w", err))
+	}
+	if string(hdr[:4]) != handoverMagic {
+		return fail(fmt.Errorf("takeover: %s did not answer with a handover", control))
+	}
+	body := make([]byte, binary.BigEndian.Uint32(hdr[4:]))
+	if _, err := io.ReadFull(uc, body); err != nil {
+		return fail(fmt.Errorf("takeover: read manifest: %w", err))
+	}
+	if err := json.Unmarshal(body, &t.m); err != nil {
+		return fail(fmt.Errorf("takeover: manifest: %w", err))
+	}
+	want := len(t.m.Conns)
+	if t.m.Socket != "" {
+		want++
+	}
+	if t.m.Listen != "" {
+		want++
+	}
+	if len(t.files) != want {
+		return fail(fmt.Errorf("takeover: %d sockets came for a manifest of %d", len(t.files), want))
+	}
+	if _, err := uc.Write([]byte{'k'}); err != nil {
+		return fail(fmt.Errorf("takeover: acknowledge: %w", err))
+	}
+	return t, nil
+}
+
+// refusal is the last non-empty line of an HTTP error reply: its body.
+func refusal(reply string) string {
+	lines := strings.Split(strings.TrimSpace(reply), "\n")
+	return strings.TrimSpace(lines[len(lines)-1])
+}
+
+// listeners returns the device's and the TCP listener (nil when not sent).
+func (t *takeover) listeners() (dev, tcp net.Listener, err error) {
+	i := 0
+	next := func(what string) (net.Listener, error) {
+		f := t.files[i]
+		t.files[i] = nil
+		i++
+		defer f.Close()
+		l, err := net.FileListener(f)
+		if err != nil {
+			return nil, fmt.Errorf("takeover: %s listener: %w", what, err)
+		}
+		return l, nil
+	}
+	if t.m.Socket != "" {
+		if dev, err = next(t.m.Socket); err != nil {
+			return nil, nil, err
+		}
+		dev.(*net.UnixListener).SetUnlinkOnClose(false) // as ListenUnix leaves it
+	}
+	if t.m.Listen != "" {
+		if tcp, err = next(t.m.Listen); err != nil {
+			return nil, nil, err
+		}
+	}
+	return dev, tcp, nil
+}
+
+// adopt serves the handed connections on srv.
+func (t *takeover) adopt(srv *blockdev.Server) (n int, err error) {
+	first := len(t.files) - len(t.m.Conns)
+	for i, c := range t.m.Conns {
+		f := t.files[first+i]
+		t.files[first+i] = nil
+		if e := srv.Adopt(blockdev.HandedConn{File: f, Export: c.Export, TFlags: c.TFlags, Leftover: c.Leftover}); e != nil {
+			err = errors.Join(err, e)
+			continue
+		}
+		n++
+	}
+	return n, err
+}
+
+// close closes whatever was not taken.
+func (t *takeover) close() {
+	for _, f := range t.files {
+		if f != nil {
+			f.Close()
+		}
+	}
+}
+
+// checkTakeover refuses a takeover that could not work, before asking for one.
+func checkTakeover(cfg Config) error {
+	switch {
+	case cfg.Control == "":
+		return errors.New("daemon: --takeover needs the control socket the running daemon answers on")
+	case cfg.NoDevice:
+		return errors.New("daemon: --takeover carries a device over: it does not go with --no-device")
+	case cfg.StateFile == "":
+		return errors.New("daemon: --takeover needs --state-file, the file the running daemon saves to")
+	}
+	return nil
+}
+
+// matches checks that the successor was started for what it received.
+func (t *takeover) matches(cfg Config) error {
+	if t.m.Device != cfg.Device.Name {
+		return fmt.Errorf("the running daemon served device %s, not %s", t.m.Device, cfg.Device.Name)
+	}
+	if t.m.Socket != cfg.Socket {
+		return fmt.Errorf("the running daemon served %s on %q, not %q", t.m.Device, t.m.Socket, cfg.Socket)
+	}
+	if (t.m.Listen == "") != (cfg.Listen == "") {
+		return fmt.Errorf("the running daemon listened on TCP %q; this one is asked for %q", t.m.Listen, cfg.Listen)
+	}
+	return nil
+}
+
+func (d *Daemon) isHandedOff() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.handedOff
+}
