@@ -31,6 +31,7 @@ import (
 	"github.com/uzram/uzram/control"
 	"github.com/uzram/uzram/recompress"
 	"github.com/uzram/uzram/sizes"
+	"github.com/uzram/uzram/state"
 	"github.com/uzram/uzram/streams"
 	"github.com/uzram/uzram/swapsafe"
 	"github.com/uzram/uzram/zcomp"
@@ -200,6 +201,9 @@ func Run(ctx context.Context, cfg Config) error {
 		if err := ho.matches(cfg); err != nil {
 			return fmt.Errorf("daemon: takeover: %w (the state file holds the data: start without --takeover)", err)
 		}
+		// Its store is freed as it exits: restoring before that would
+		// hold the store twice, beside the file.
+		ho.waitPredecessor(30 * time.Second)
 	}
 	if !cfg.NoDevice {
 		e, err := d.add(cfg.Device, cfg.Socket, devL)
@@ -212,6 +216,11 @@ func Run(ctx context.Context, cfg Config) error {
 				log.Warn("takeover: connections dropped", "err", err)
 			}
 			e.nbd = ho.m.NBD
+			// The file only carried the store across: retired by the
+			// restore, it is still memory on tmpfs.
+			if err := os.Remove(state.LoadedPath(cfg.StateFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
+				log.Warn("takeover: state file left behind", "err", err)
+			}
 			log.Info("took over", "device", e.dev.Name(), "connections", n)
 		}
 		for _, a := range cfg.RecompAlgorithms {

@@ -52,6 +52,7 @@ const (
 // handoverManifest says what the sockets passed with it are, in order: the
 // device's listener (if Socket), the TCP listener (if Listen), then Conns.
 type handoverManifest struct {
+	PID    int          `json:"pid"` // the old daemon, which exits once acknowledged
 	Device string       `json:"device"`
 	Socket string       `json:"socket,omitempty"`
 	Listen string       `json:"listen,omitempty"`
@@ -80,10 +81,47 @@ func (d *Daemon) canHandOver() error {
 			return fmt.Errorf("device %s was created at runtime and cannot be carried over: reset it first", name)
 		}
 	}
-	if _, ok := d.devs[d.cfg.Device.Name]; !ok {
+	e, ok := d.devs[d.cfg.Device.Name]
+	if !ok {
 		return fmt.Errorf("device %s is gone", d.cfg.Device.Name)
 	}
+	// The store goes through the state file, which on tmpfs (/run) is
+	// memory too, while every client waits: memory the kernel could only
+	// find by swapping to this very device. So the file must fit in what
+	// is available without that.
+	s := e.dev.Stats()
+	need := s.ComprDataSize + stateRecordBytes*(s.PagesStored+s.SamePages) + handoverHeadroom
+	if avail, err := memAvailable(); err == nil && avail < need {
+		return fmt.Errorf("carrying %d MiB over through the state file needs %d MiB of available memory, and %d MiB are: free some memory or swapoff first",
+			s.ComprDataSize>>20, need>>20, avail>>20)
+	}
 	return nil
+}
+
+const (
+	// stateRecordBytes is a page record's overhead in the state file.
+	stateRecordBytes = 24
+	// handoverHeadroom is kept available beyond the state file: the
+	// successor's own start, and the kernel's watermarks.
+	handoverHeadroom = 64 << 20
+)
+
+// memAvailable is /proc/meminfo's MemAvailable, in bytes.
+func memAvailable() (int64, error) {
+	b, err := os.ReadFile("/proc/meminfo")
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, "MemAvailable:"); ok {
+			var kib int64
+			if _, err := fmt.Sscan(rest, &kib); err != nil {
+				return 0, err
+			}
+			return kib << 10, nil
+		}
+	}
+	return 0, errors.New("no MemAvailable in /proc/meminfo")
 }
 
 // handoverHandler answers POST /v1/handover: it takes the connection over
@@ -138,7 +176,7 @@ func (d *Daemon) handOver(ctx context.Context, uc *net.UnixConn, tcp net.Listene
 	if err := d.SaveState(); err != nil {
 		return err
 	}
-	m := handoverManifest{Device: d.cfg.Device.Name, NBD: e.nbd}
+	m := handoverManifest{PID: os.Getpid(), Device: d.cfg.Device.Name, NBD: e.nbd}
 	var files []*os.File
 	defer func() {
 		for _, f := range files {
@@ -314,6 +352,22 @@ func (t *takeover) adopt(srv *blockdev.Server) (n int, err error) {
 		n++
 	}
 	return n, err
+}
+
+// waitPredecessor waits, at most max, for the old daemon to exit: gone, or
+// a zombie its parent has yet to reap (which holds no memory).
+func (t *takeover) waitPredecessor(max time.Duration) {
+	for deadline := time.Now().Add(max); t.m.PID > 0 && time.Now().Before(deadline); {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", t.m.PID))
+		if err != nil {
+			return
+		}
+		// "pid (comm) S ...": the state follows the last ')'.
+		if i := strings.LastIndexByte(string(b), ')'); i >= 0 && i+2 < len(b) && b[i+2] == 'Z' {
+			return
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }
 
 // close closes whatever was not taken.

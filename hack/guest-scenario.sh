@@ -13,7 +13,7 @@ set -euo pipefail
 # shellcheck source=/dev/null
 . "${GUEST_ENV:?}"
 : "${B:?}" "${SERVER:?}" "${DEV_SIZE:?}" "${WORKLOAD:?}" "${NBD_FLAGS:?}" "${FIO_SIZE:?}"
-: "${MEMCHECK_TIMEOUT:=600}" "${PAGE_CLUSTER:=0}" "${FIO_TIMEOUT:=120}" "${PHASES:=uzram zram fio cli restart}"
+: "${MEMCHECK_TIMEOUT:=600}" "${PAGE_CLUSTER:=0}" "${FIO_TIMEOUT:=120}" "${PHASES:=uzram zram fio cli restart takeover}" "${TAKEOVER_WORKLOAD:=256M}" "${TAKEOVER_MEMMAX:=128M}"
 
 say() { echo "@@ $*"; }
 log() { echo "## $*"; }
@@ -449,6 +449,86 @@ restart_phase() {
 	kernel_news
 }
 
+# ---- a takeover under swap: the kernel's sockets change hands -------------------
+
+# takeover_phase: swap on uzram under a workload held to TAKEOVER_MEMMAX by
+# its memory cgroup, so its pages go to swap while the machine keeps memory
+# available for the state file the takeover goes through (a daemon with too
+# little refuses, and the first run here showed 3 MiB available with the
+# whole guest's RAM in use). While the workload checks every page again
+# (swap-ins and swap-outs in flight), a new `uzram serve --takeover`
+# replaces the daemon. The kernel's nbd connections must never drop and
+# every page must read back right.
+takeover_phase() {
+	local state=/run/uzram/state.img mlog=/run/memcheck-takeover.log newerr=/run/uzram/takeover.err
+	local cg=/sys/fs/cgroup/takeover mc old new t0 t1 rc=0 result took=none swap_kib avail_kib old_rc=none
+	rm -f "$state" "$newerr"
+	SERVE_EXTRA="--state-file $state" start_server takeover || return 1
+	attach
+	mkswap /dev/nbd0 >/dev/null
+	swapon --discard=pages /dev/nbd0
+	mountpoint -q /sys/fs/cgroup || mount -t cgroup2 none /sys/fs/cgroup
+	echo +memory >/sys/fs/cgroup/cgroup.subtree_control 2>/dev/null || true
+	mkdir -p "$cg"
+	echo "$TAKEOVER_MEMMAX" >"$cg/memory.max"
+	(echo "$BASHPID" >"$cg/cgroup.procs" && exec "$B/memcheck" -size "$TAKEOVER_WORKLOAD" -hold -recheck) >"$mlog" 2>&1 &
+	mc=$!
+	tail -n +1 -f --pid="$mc" "$mlog" | sed -u 's/^/## takeover: /' &
+	local tailer=$!
+	for _ in $(seq "$MEMCHECK_TIMEOUT"); do
+		grep -q '^memcheck: holding' "$mlog" && break
+		kill -0 "$mc" 2>/dev/null || break
+		sleep 1
+	done
+	swap_kib=$(awk '/^(SwapTotal|SwapFree):/ {m[$1] = $2} END {print m["SwapTotal:"] - m["SwapFree:"]}' /proc/meminfo)
+	avail_kib=$(awk '/^MemAvailable:/ {print $2}' /proc/meminfo)
+	log "takeover: memcheck holds $TAKEOVER_WORKLOAD in $TAKEOVER_MEMMAX, swap used ${swap_kib} KiB, ${avail_kib} KiB available"
+	kill -USR1 "$mc" 2>/dev/null || true # check again: swap traffic through the takeover
+	sleep 1
+	old=$srv_pid
+	t0=$(date +%s.%N)
+	# shellcheck disable=SC2086 # UZRAM_FLAGS is a list of words
+	"$B/uzram" serve --size "$DEV_SIZE" --algorithm lz4 --name uzram0 --socket "$SOCK" ${UZRAM_FLAGS:-} \
+		--state-file "$state" --takeover >>"$SRVLOG" 2>"$newerr" &
+	new=$!
+	tail -n +1 -f --pid="$new" "$newerr" | sed -u 's/^/## new daemon: /' &
+	for _ in $(seq 1200); do
+		if [ "$took" = none ] && grep -q 'took over' "$newerr"; then
+			t1=$(date +%s.%N)
+			took=$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.1f", b - a}')
+		fi
+		if [ "$old_rc" = none ] && ! kill -0 "$old" 2>/dev/null; then
+			old_rc=0
+			wait "$old" || old_rc=$?
+		fi
+		[ "$took" != none ] && [ "$old_rc" != none ] && break
+		kill -0 "$new" 2>/dev/null || break
+		sleep 0.1
+	done
+	if [ "$took" != none ]; then
+		srv_pid=$new
+	else
+		fail "takeover: the new daemon did not take over: $(tail -1 "$newerr")"
+		kill -0 "$new" 2>/dev/null && kill "$new"
+	fi
+	[ "$old_rc" = 0 ] || fail "takeover: old daemon exit status $old_rc"
+	wait "$mc" || rc=$?
+	wait "$tailer" || true
+	result=$(sed -n 's/^memcheck: result=\([A-Z]*\).*/\1/p' "$mlog")
+	if [ "$rc" != 0 ] || [ "$result" != PASS ]; then
+		fail "takeover: memcheck status $rc result ${result:-none}"
+		result=FAIL
+	fi
+	rmdir "$cg" 2>/dev/null || true
+	local size
+	size=$(cat /sys/block/nbd0/size)
+	swapoff /dev/nbd0 || fail "takeover: swapoff"
+	detach
+	stop_server
+	kernel_news
+	say "takeover memcheck=$result took_s=$took old_exit=$old_rc swap_kib=$swap_kib available_kib=$avail_kib nbd0_sectors_after=$size"
+}
+
 # ---- the run -----------------------------------------------------------------
 
 log "guest up: $(uname -r), $(nproc) CPUs, $(awk '/^MemTotal:/ {print $2}' /proc/meminfo) KiB RAM, server $SERVER"
@@ -524,6 +604,12 @@ if has cli && [ "$SERVER" = uzram ]; then
 	T0=$SECONDS
 	cli_phase
 	say "phase name=cli seconds=$((SECONDS - T0))"
+fi
+
+if has takeover && [ "$SERVER" = uzram ]; then
+	T0=$SECONDS
+	takeover_phase
+	say "phase name=takeover seconds=$((SECONDS - T0))"
 fi
 
 if has restart && [ "$SERVER" = uzram ]; then

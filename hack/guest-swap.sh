@@ -14,9 +14,12 @@
 #   NBD_FLAGS                 nbd-client flags after -unix SOCK -N uzram0
 #   FIO_SIZE=32M              span of the fio jobs
 #   GUEST_TIMEOUT=1200        seconds before the whole VM is killed
-#   PHASES="uzram zram fio cli restart"  which parts to run (uzram: swap on the
-#                             server; cli: uzram swapon/attach/setup; restart:
-#                             daemon restart with a state file under nbd-client)
+#   PHASES="uzram zram fio cli restart takeover"  which parts to run (uzram:
+#                             swap on the server; cli: uzram swapon/attach/setup;
+#                             restart: daemon restart with a state file under
+#                             nbd-client; takeover: serve --takeover under swap)
+#   TAKEOVER_WORKLOAD=256M, TAKEOVER_MEMMAX=128M  what memcheck holds across the
+#                             takeover, and its memory cgroup's limit (the rest swaps)
 #   UZRAM_FLAGS               extra `uzram serve` flags, e.g. --no-io-flusher
 #   MEMCHECK_TIMEOUT=600      seconds one memcheck run may take
 #   PAGE_CLUSTER=0            vm.page-cluster in the guest (swap readahead)
@@ -46,7 +49,7 @@ NBD_FLAGS=${NBD_FLAGS:--b 4096 -connections 2 -t 600 -swap}
 # would not finish; the verdict is what counts, not the IOPS.
 FIO_SIZE=${FIO_SIZE:-32M}
 GUEST_TIMEOUT=${GUEST_TIMEOUT:-1200}
-PHASES=${PHASES:-uzram zram fio cli restart}
+PHASES=${PHASES:-uzram zram fio cli restart takeover}
 UZRAM_FLAGS=${UZRAM_FLAGS:-}
 SERVER_WRAP=${SERVER_WRAP:-}
 
@@ -120,6 +123,8 @@ UZRAM_FLAGS="$UZRAM_FLAGS"
 SERVER_WRAP="$SERVER_WRAP"
 MEMCHECK_TIMEOUT=${MEMCHECK_TIMEOUT:-600}
 PAGE_CLUSTER=${PAGE_CLUSTER:-0}
+TAKEOVER_WORKLOAD=${TAKEOVER_WORKLOAD:-256M}
+TAKEOVER_MEMMAX=${TAKEOVER_MEMMAX:-128M}
 EOF
 
 # ---- boot ------------------------------------------------------------------------
@@ -178,6 +183,10 @@ if [ "$SERVER" = uzram ] && [[ " $PHASES " == *" cli "* ]] && ! grep -q '^@@ cli
 fi
 if [ "$SERVER" = uzram ] && [[ " $PHASES " == *" restart "* ]] && ! grep -q '^@@ restart .*verify_after_restart=PASS' "$console"; then
 	echo "guest-swap: FAIL: data did not survive a daemon restart with its state file"
+	status=1
+fi
+if [ "$SERVER" = uzram ] && [[ " $PHASES " == *" takeover "* ]] && ! grep -q '^@@ takeover memcheck=PASS' "$console"; then
+	echo "guest-swap: FAIL: swap did not live through serve --takeover"
 	status=1
 fi
 grep '^@@ fail ' "$console" || true

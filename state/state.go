@@ -357,12 +357,15 @@ func LoadFile(path string, d *blockdev.Device) (sum Summary, found bool, err err
 	if err != nil {
 		return sum, true, fmt.Errorf("state: %s: %w", path, err)
 	}
-	if err := os.Rename(path, path+".loaded"); err != nil {
+	if err := os.Rename(path, LoadedPath(path)); err != nil {
 		d.Clear()
 		return Summary{}, true, fmt.Errorf("state: retire %s after loading it: %w", path, err)
 	}
 	return sum, true, nil
 }
+
+// LoadedPath is where LoadFile moves a state file it has restored.
+func LoadedPath(path string) string { return path + ".loaded" }
 
 func appendString(b []byte, s string) []byte {
 	if len(s) > 0xffff {

@@ -13,11 +13,12 @@ import (
 )
 
 // guestPhases is what the test runs in the guest: uzram as swap under 1.5x
-// the guest's RAM, fio with verification, the CLI's swapon/attach/setup, and
-// a daemon restart with its state file. The kernel zram comparison (the
+// the guest's RAM, fio with verification, the CLI's swapon/attach/setup, a
+// daemon restart with its state file, and a daemon replaced by `serve
+// --takeover` while swap traffic runs. The kernel zram comparison (the
 // script's "zram" phase) gives figures, not verdicts, so the test leaves it
 // to `hack/guest-swap.sh` run by hand.
-const guestPhases = "uzram fio cli restart"
+const guestPhases = "uzram fio cli restart takeover"
 
 // guestWorkload is memcheck's size in the test: 1.25x the guest's 512 MiB,
 // so about 300 MiB goes through swap and back, every byte verified. The
@@ -150,6 +151,13 @@ func TestGuestSwap(t *testing.T) {
 	// block written before it verifies after it.
 	if !regexp.MustCompile(`(?m)^@@ restart .*verify_after_restart=PASS`).MatchString(text) {
 		t.Errorf("data did not survive a daemon restart with its state file")
+	}
+	// serve --takeover while a workload swaps through the device: the
+	// kernel's connections never drop and every page checks out.
+	if m := regexp.MustCompile(`(?m)^@@ takeover memcheck=PASS .*$`).FindString(text); m == "" {
+		t.Errorf("swap did not live through serve --takeover")
+	} else {
+		t.Logf("takeover: %s", strings.TrimPrefix(m, "@@ takeover "))
 	}
 	// Kernel zram is the reference: report it, do not judge uzram by it.
 	if z := regexp.MustCompile(`(?m)^@@ summary dev=zram .*$`).FindString(text); z != "" {

@@ -39,6 +39,7 @@ func main() {
 	seed := flag.Uint64("seed", 1, "pattern seed")
 	random := flag.Int("random", 512, "bytes of noise at the start of each non-same-filled page (0-4096); the rest repeats a 64-byte motif")
 	hold := flag.Bool("hold", false, "after checking, print \"memcheck: holding\" and keep the memory until SIGUSR1, so an observer can sample swap while it is full")
+	recheck := flag.Bool("recheck", false, "with -hold: check every page again after SIGUSR1 (the swap device may have changed hands meanwhile)")
 	lockSelf := flag.Bool("lock-self", true, "mlock the program's own pages (not the memory it fills) so reclaim cannot evict its code")
 	flag.Parse()
 	if *lockSelf {
@@ -62,7 +63,7 @@ func main() {
 	}
 	r := run{seed: *seed, random: *random, chunk: csize, workers: *workers}
 	r.chunks = int(total / csize)
-	os.Exit(r.main(*hold))
+	os.Exit(r.main(*hold, *recheck))
 }
 
 type run struct {
@@ -77,7 +78,7 @@ type run struct {
 	first   sync.Once
 }
 
-func (r *run) main(hold bool) int {
+func (r *run) main(hold, recheck bool) int {
 	release := make(chan os.Signal, 1)
 	if hold {
 		signal.Notify(release, syscall.SIGUSR1)
@@ -105,6 +106,11 @@ func (r *run) main(hold bool) int {
 	if hold {
 		fmt.Println("memcheck: holding")
 		<-release
+		if recheck {
+			t2 := time.Now()
+			r.parallel("recheck", order, r.check)
+			fmt.Printf("memcheck: checked again in %.1fs, swap used %d KiB\n", time.Since(t2).Seconds(), samp.now())
+		}
 	}
 	peak := samp.stop()
 	elapsed := time.Since(start)
