@@ -191,15 +191,12 @@ func Run(ctx context.Context, cfg Config) error {
 			return err
 		}
 		var err error
-		if ho, err = takeOver(cfg.Control); err != nil {
+		if ho, err = takeOver(cfg); err != nil {
 			return fmt.Errorf("daemon: %w", err)
 		}
 		defer ho.close()
 		if devL, tcpL, err = ho.listeners(); err != nil {
 			return fmt.Errorf("daemon: %w", err)
-		}
-		if err := ho.matches(cfg); err != nil {
-			return fmt.Errorf("daemon: takeover: %w (the state file holds the data: start without --takeover)", err)
 		}
 		// Its store is freed as it exits: restoring before that would
 		// hold the store twice, beside the file.

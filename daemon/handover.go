@@ -66,8 +66,26 @@ type handedConn struct {
 	Leftover []byte `json:"leftover,omitempty"`
 }
 
-// canHandOver says why this daemon cannot hand over, before anything stops.
-func (d *Daemon) canHandOver() error {
+// handoverRequest is what the successor was started for: checked before
+// anything stops, so a successor with the wrong flags leaves the daemon
+// serving.
+type handoverRequest struct {
+	Device string `json:"device"`
+	Socket string `json:"socket"`
+	Listen string `json:"listen"`
+}
+
+// canHandOver says why this daemon cannot hand over to a successor started
+// for req, before anything stops.
+func (d *Daemon) canHandOver(req handoverRequest) error {
+	switch {
+	case req.Device != d.cfg.Device.Name:
+		return fmt.Errorf("the running daemon serves device %s, not %s", d.cfg.Device.Name, req.Device)
+	case req.Socket != d.cfg.Socket:
+		return fmt.Errorf("the running daemon serves %s on %q, not %q", d.cfg.Device.Name, d.cfg.Socket, req.Socket)
+	case (req.Listen == "") != (d.cfg.Listen == ""):
+		return fmt.Errorf("the running daemon listens on TCP %q; the successor is asked for %q", d.cfg.Listen, req.Listen)
+	}
 	if d.cfg.StateFile == "" || d.cfg.NoDevice {
 		return errors.New("the running daemon has no --state-file: its store cannot be carried over (stop it and start again instead)")
 	}
@@ -127,7 +145,12 @@ func memAvailable() (int64, error) {
 // handoverHandler answers POST /v1/handover: it takes the connection over
 // from HTTP and leaves the handover to Run's loop.
 func (d *Daemon) handoverHandler(w http.ResponseWriter, r *http.Request) {
-	if err := d.canHandOver(); err != nil {
+	var req handoverRequest
+	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 64<<10)).Decode(&req); err != nil {
+		http.Error(w, "bad handover request: "+err.Error(), http.StatusBadRequest)
+		return
+	}
+	if err := d.canHandOver(req); err != nil {
 		http.Error(w, err.Error(), http.StatusConflict)
 		return
 	}
@@ -237,8 +260,14 @@ type takeover struct {
 	files []*os.File // listeners, then connections
 }
 
-// takeOver asks the daemon on control to hand over and returns what it sent.
-func takeOver(control string) (*takeover, error) {
+// takeOver asks the daemon on cfg.Control to hand over to a daemon
+// configured as cfg, and returns what it sent.
+func takeOver(cfg Config) (*takeover, error) {
+	control := cfg.Control
+	body, err := json.Marshal(handoverRequest{Device: cfg.Device.Name, Socket: cfg.Socket, Listen: cfg.Listen})
+	if err != nil {
+		return nil, err
+	}
 	nc, err := net.DialTimeout("unix", control, 5*time.Second)
 	if err != nil {
 		return nil, fmt.Errorf("takeover: no daemon answers on %s: %w", control, err)
@@ -246,7 +275,8 @@ func takeOver(control string) (*takeover, error) {
 	uc := nc.(*net.UnixConn)
 	defer uc.Close()
 	uc.SetDeadline(time.Now().Add(handoverWait))
-	if _, err := fmt.Fprintf(uc, "POST %s HTTP/1.1\r\nHost: uzram\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", handoverPath); err != nil {
+	if _, err := fmt.Fprintf(uc, "POST %s HTTP/1.1\r\nHost: uzram\r\nContent-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s",
+		handoverPath, len(body), body); err != nil {
 		return nil, fmt.Errorf("takeover: %w", err)
 	}
 	hdr := make([]byte, 8)
@@ -282,11 +312,11 @@ func takeOver(control string) (*takeover, error) {
 	if string(hdr[:4]) != handoverMagic {
 		return fail(fmt.Errorf("takeover: %s did not answer with a handover", control))
 	}
-	body := make([]byte, binary.BigEndian.Uint32(hdr[4:]))
-	if _, err := io.ReadFull(uc, body); err != nil {
+	manifest := make([]byte, binary.BigEndian.Uint32(hdr[4:]))
+	if _, err := io.ReadFull(uc, manifest); err != nil {
 		return fail(fmt.Errorf("takeover: read manifest: %w", err))
 	}
-	if err := json.Unmarshal(body, &t.m); err != nil {
+	if err := json.Unmarshal(manifest, &t.m); err != nil {
 		return fail(fmt.Errorf("takeover: manifest: %w", err))
 	}
 	want := len(t.m.Conns)
@@ -388,20 +418,6 @@ func checkTakeover(cfg Config) error {
 		return errors.New("daemon: --takeover carries a device over: it does not go with --no-device")
 	case cfg.StateFile == "":
 		return errors.New("daemon: --takeover needs --state-file, the file the running daemon saves to")
-	}
-	return nil
-}
-
-// matches checks that the successor was started for what it received.
-func (t *takeover) matches(cfg Config) error {
-	if t.m.Device != cfg.Device.Name {
-		return fmt.Errorf("the running daemon served device %s, not %s", t.m.Device, cfg.Device.Name)
-	}
-	if t.m.Socket != cfg.Socket {
-		return fmt.Errorf("the running daemon served %s on %q, not %q", t.m.Device, t.m.Socket, cfg.Socket)
-	}
-	if (t.m.Listen == "") != (cfg.Listen == "") {
-		return fmt.Errorf("the running daemon listened on TCP %q; this one is asked for %q", t.m.Listen, cfg.Listen)
 	}
 	return nil
 }

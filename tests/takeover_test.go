@@ -150,6 +150,8 @@ func TestTakeoverRefused(t *testing.T) {
 		{plain.Socket, []string{"--size", "4M", "--state-file", filepath.Join(dir, "s.img"), "--takeover"},
 			"takeover refused: the running daemon has no --state-file"},
 		{plain.Socket, []string{"--size", "4M", "--takeover"}, "--takeover needs --state-file"},
+		{plain.Socket, []string{"--size", "4M", "--name", "other", "--state-file", filepath.Join(dir, "s.img"), "--takeover"},
+			"takeover refused: the running daemon serves device uzram0, not other"},
 		{filepath.Join(dir, "nobody.sock"), []string{"--size", "4M", "--state-file", filepath.Join(dir, "s.img"), "--takeover"},
 			"takeover: no daemon answers on"},
 	} {
