@@ -73,7 +73,7 @@ func serveCommand() *cli.Command {
 			&cli.BoolFlag{Name: "no-device", Usage: "start with no device; create them later with: uzram --find --size SIZE"},
 			&cli.StringFlag{Name: "metrics", Usage: "serve Prometheus metrics on [HOST:]PORT (a bare port listens on 127.0.0.1)"},
 			&cli.StringFlag{Name: "state-file", Usage: "restore the device's contents from PATH at start and save them there at shutdown"},
-			&cli.BoolFlag{Name: "takeover", Usage: "replace the daemon running on the same control socket without closing a connection: it saves to --state-file and hands its sockets over (attached devices, swap included, just wait)"},
+			&cli.BoolFlag{Name: "takeover", Usage: "replace the daemon running on the same control socket (start it with the same flags) without closing a connection: every device, its contents and its sockets come over; attached devices, swap included, just wait"},
 			&cli.StringFlag{Name: "socket-mode", Value: "0600", Usage: "permission bits of device sockets, octal (0660 lets --socket-group attach)"},
 			&cli.StringFlag{Name: "socket-group", Usage: "group owning device sockets (name or id)"},
 			&cli.StringFlag{Name: "tls-cert", Usage: "PEM certificate offered with NBD_OPT_STARTTLS"},

@@ -31,7 +31,6 @@ import (
 	"github.com/uzram/uzram/control"
 	"github.com/uzram/uzram/recompress"
 	"github.com/uzram/uzram/sizes"
-	"github.com/uzram/uzram/state"
 	"github.com/uzram/uzram/streams"
 	"github.com/uzram/uzram/swapsafe"
 	"github.com/uzram/uzram/zcomp"
@@ -120,7 +119,8 @@ type Daemon struct {
 // entry is one device and what the daemon keeps beside it.
 type entry struct {
 	dev     *blockdev.Device
-	socket  string // "" if it has none of its own
+	cfg     blockdev.Config // as created: a successor recreates the device from it
+	socket  string          // "" if it has none of its own
 	l       net.Listener
 	nbd     string // /dev/nbdN recorded by `uzram attach`
 	removed bool   // its listener was closed on purpose: not a failure
@@ -184,47 +184,27 @@ func Run(ctx context.Context, cfg Config) error {
 	defer d.closeAll()
 	defer d.startHeapReturn()() // prefault.go: the Go heap shrinks back after a big TRIM
 
-	var ho *takeover
-	var devL, tcpL net.Listener // handed over by the predecessor
+	var tcpL net.Listener // handed over by the predecessor, if it had one
+	var first *entry      // the device the flags make
 	if cfg.Takeover {
-		if err := checkTakeover(cfg); err != nil {
-			return err
-		}
 		var err error
-		if ho, err = takeOver(cfg); err != nil {
-			return fmt.Errorf("daemon: %w", err)
-		}
-		defer ho.close()
-		if devL, tcpL, err = ho.listeners(); err != nil {
-			return fmt.Errorf("daemon: %w", err)
-		}
-		// Its store is freed as it exits: restoring before that would
-		// hold the store twice, beside the file.
-		ho.waitPredecessor(30 * time.Second)
-	}
-	if !cfg.NoDevice {
-		e, err := d.add(cfg.Device, cfg.Socket, devL)
-		if err != nil {
+		if first, tcpL, err = d.takeOver(); err != nil {
 			return err
 		}
-		if ho != nil {
-			n, err := ho.adopt(d.srv)
-			if err != nil {
-				log.Warn("takeover: connections dropped", "err", err)
-			}
-			e.nbd = ho.m.NBD
-			// The file only carried the store across: retired by the
-			// restore, it is still memory on tmpfs.
-			if err := os.Remove(state.LoadedPath(cfg.StateFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
-				log.Warn("takeover: state file left behind", "err", err)
-			}
-			log.Info("took over", "device", e.dev.Name(), "connections", n)
+	} else if !cfg.NoDevice {
+		var err error
+		if first, err = d.add(cfg.Device, cfg.Socket, nil, nil); err != nil {
+			return err
 		}
+	}
+	if first != nil {
 		for _, a := range cfg.RecompAlgorithms {
-			if err := a.Apply(e.dev); err != nil {
-				return fmt.Errorf("daemon: %s: %w", e.dev.Name(), err)
+			if err := a.Apply(first.dev); err != nil {
+				return fmt.Errorf("daemon: %s: %w", first.dev.Name(), err)
 			}
 		}
+	} else if cfg.Socket != "" && !cfg.NoDevice {
+		return fmt.Errorf("daemon: takeover: the running daemon had no device %s", cfg.Device.Name)
 	} else if cfg.Socket != "" {
 		return errors.New("daemon: a socket was given but no device to serve on it")
 	}
@@ -411,15 +391,16 @@ var namePattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
 // add creates a device, exports it and listens on its socket ("" for
 // none). The caller has validated cfg for the admin's benefit; blockdev
 // validates it again.
-func (d *Daemon) add(cfg blockdev.Config, socket string, inherited net.Listener) (*entry, error) {
+func (d *Daemon) add(cfg blockdev.Config, socket string, inherited net.Listener, from io.Reader) (*entry, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return d.addLocked(cfg, socket, inherited)
+	return d.addLocked(cfg, socket, inherited, from)
 }
 
 // addLocked: inherited, if not nil, is socket's listener, handed over by a
-// predecessor (access already set).
-func (d *Daemon) addLocked(cfg blockdev.Config, socket string, inherited net.Listener) (*entry, error) {
+// predecessor (access already set), and from, if not nil, holds the
+// device's contents in package state's format (instead of the state file).
+func (d *Daemon) addLocked(cfg blockdev.Config, socket string, inherited net.Listener, from io.Reader) (*entry, error) {
 	if d.closing {
 		return nil, errors.New("daemon: shutting down")
 	}
@@ -433,7 +414,11 @@ func (d *Daemon) addLocked(cfg blockdev.Config, socket string, inherited net.Lis
 	if err != nil {
 		return nil, fmt.Errorf("daemon: create %s: %w", cfg.Name, err)
 	}
-	if err := d.restore(dev); err != nil { // before any client can see it
+	restore := func() error { return d.restore(dev) }
+	if from != nil {
+		restore = func() error { return d.load(dev, from) }
+	}
+	if err := restore(); err != nil { // before any client can see it
 		dev.Close()
 		return nil, err
 	}
@@ -441,7 +426,7 @@ func (d *Daemon) addLocked(cfg blockdev.Config, socket string, inherited net.Lis
 		dev.Close()
 		return nil, fmt.Errorf("daemon: %w", err)
 	}
-	e := &entry{dev: dev, socket: socket}
+	e := &entry{dev: dev, cfg: cfg, socket: socket}
 	if socket != "" {
 		l, err := inherited, error(nil)
 		if l == nil {
@@ -572,7 +557,7 @@ func (d *Daemon) Create(req control.CreateRequest) (control.Device, error) {
 	if cfg.Name == "control" {
 		return control.Device{}, control.Errorf(control.ErrInvalid, "the name %q is taken by the control socket; choose another", cfg.Name)
 	}
-	e, err := d.addLocked(cfg, filepath.Join(d.cfg.SocketDir, cfg.Name+".sock"), nil)
+	e, err := d.addLocked(cfg, filepath.Join(d.cfg.SocketDir, cfg.Name+".sock"), nil, nil)
 	if err != nil {
 		return control.Device{}, err
 	}

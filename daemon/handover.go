@@ -1,24 +1,26 @@
 package daemon
 
 // Taking over from a running daemon (`uzram serve --takeover`): the new
-// process asks the old one, over its control socket, for everything a
-// client is connected to, and the old one stops serving without closing a
-// single socket. The kernel's nbd driver never sees a connection die, so an
-// attached device, swap included, waits out the gap instead of failing or
-// stalling for its request timeout (hack/README-reliability.md).
+// process asks the old one, over its control socket, for every device and
+// everything a client is connected to, and the old one stops serving
+// without closing a single socket. The kernel's nbd driver never sees a
+// connection die, so an attached device, swap included, waits out the gap
+// instead of failing or stalling for its request timeout
+// (hack/README-reliability.md).
 //
-//	new: POST /v1/handover on the control socket
+//	new: POST /v1/handover on the control socket, saying what it was
+//	     started for (the same flags as the old one)
 //	old: stops its control API, stops every connection at a request
-//	     boundary with its replies sent (blockdev.Server.Handover), saves the
-//	     first device to the state file, and sends an 8-byte header
-//	     ("UZHO" and the manifest's length) carrying the listeners' and
-//	     connections' sockets (SCM_RIGHTS), then the manifest (JSON)
+//	     boundary with its replies sent (blockdev.Server.Handover), saves
+//	     each device's store into a memfd (package state's format), and
+//	     sends an 8-byte header ("UZHO" and the manifest's length) carrying
+//	     the sockets and memfds (SCM_RIGHTS), then the manifest (JSON)
 //	new: acknowledges with one byte; the old exits and frees its memory
-//	new: restores the device from the state file, serves the listeners
-//	     and adopts the connections, unread bytes first
+//	new: recreates every device from the manifest and its memfd, serves
+//	     the listeners and adopts the connections, unread bytes first
 //
-// A refusal (no state file, devices created at runtime) comes back as an
-// HTTP error before anything stops: the old daemon serves on.
+// A refusal (other flags, too little memory) comes back as an HTTP error
+// before anything stops: the old daemon serves on.
 
 import (
 	"context"
@@ -36,6 +38,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/uzram/uzram/blockdev"
+	"github.com/uzram/uzram/state"
+	"github.com/uzram/uzram/zcomp"
 )
 
 const (
@@ -49,15 +53,21 @@ const (
 	handoverWait = 5 * time.Minute
 )
 
-// handoverManifest says what the sockets passed with it are, in order: the
-// device's listener (if Socket), the TCP listener (if Listen), then Conns.
+// handoverManifest says what the files passed with it are, in order: for
+// each device its listener (if Socket) and its state (a memfd), then the
+// TCP listener (if Listen), then Conns.
 type handoverManifest struct {
-	PID    int          `json:"pid"` // the old daemon, which exits once acknowledged
-	Device string       `json:"device"`
-	Socket string       `json:"socket,omitempty"`
-	Listen string       `json:"listen,omitempty"`
-	NBD    string       `json:"nbd,omitempty"`
-	Conns  []handedConn `json:"conns"`
+	PID     int            `json:"pid"` // the old daemon, which exits once acknowledged
+	Devices []handedDevice `json:"devices"`
+	Listen  string         `json:"listen,omitempty"`
+	Conns   []handedConn   `json:"conns"`
+}
+
+// handedDevice is a device as the old daemon ran it.
+type handedDevice struct {
+	Config blockdev.Config `json:"config"`
+	Socket string          `json:"socket,omitempty"`
+	NBD    string          `json:"nbd,omitempty"`
 }
 
 type handedConn struct {
@@ -67,59 +77,53 @@ type handedConn struct {
 }
 
 // handoverRequest is what the successor was started for: checked before
-// anything stops, so a successor with the wrong flags leaves the daemon
-// serving.
+// anything stops, so a successor with other flags leaves the daemon serving.
 type handoverRequest struct {
-	Device string `json:"device"`
-	Socket string `json:"socket"`
-	Listen string `json:"listen"`
+	NoDevice bool   `json:"no_device"`
+	Device   string `json:"device"`
+	Socket   string `json:"socket"`
+	Listen   string `json:"listen"`
 }
 
 // canHandOver says why this daemon cannot hand over to a successor started
 // for req, before anything stops.
 func (d *Daemon) canHandOver(req handoverRequest) error {
 	switch {
-	case req.Device != d.cfg.Device.Name:
+	case req.NoDevice != d.cfg.NoDevice:
+		return fmt.Errorf("the running daemon was started with no_device=%v; start the successor with its flags", d.cfg.NoDevice)
+	case !req.NoDevice && req.Device != d.cfg.Device.Name:
 		return fmt.Errorf("the running daemon serves device %s, not %s", d.cfg.Device.Name, req.Device)
-	case req.Socket != d.cfg.Socket:
+	case !req.NoDevice && req.Socket != d.cfg.Socket:
 		return fmt.Errorf("the running daemon serves %s on %q, not %q", d.cfg.Device.Name, d.cfg.Socket, req.Socket)
 	case (req.Listen == "") != (d.cfg.Listen == ""):
 		return fmt.Errorf("the running daemon listens on TCP %q; the successor is asked for %q", d.cfg.Listen, req.Listen)
-	}
-	if d.cfg.StateFile == "" || d.cfg.NoDevice {
-		return errors.New("the running daemon has no --state-file: its store cannot be carried over (stop it and start again instead)")
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.closing {
 		return errors.New("the running daemon is shutting down")
 	}
+	// Each store goes through a memfd, memory too, while every client
+	// waits: memory the kernel could only find by swapping to these very
+	// devices. So the copies must fit in what is available without that.
+	var compr, need int64
 	for _, name := range d.order {
-		if name != d.cfg.Device.Name {
-			return fmt.Errorf("device %s was created at runtime and cannot be carried over: reset it first", name)
-		}
+		s := d.devs[name].dev.Stats()
+		compr += s.ComprDataSize
+		need += s.ComprDataSize + stateRecordBytes*(s.PagesStored+s.SamePages)
 	}
-	e, ok := d.devs[d.cfg.Device.Name]
-	if !ok {
-		return fmt.Errorf("device %s is gone", d.cfg.Device.Name)
-	}
-	// The store goes through the state file, which on tmpfs (/run) is
-	// memory too, while every client waits: memory the kernel could only
-	// find by swapping to this very device. So the file must fit in what
-	// is available without that.
-	s := e.dev.Stats()
-	need := s.ComprDataSize + stateRecordBytes*(s.PagesStored+s.SamePages) + handoverHeadroom
+	need += handoverHeadroom
 	if avail, err := memAvailable(); err == nil && avail < need {
-		return fmt.Errorf("carrying %d MiB over through the state file needs %d MiB of available memory, and %d MiB are: free some memory or swapoff first",
-			s.ComprDataSize>>20, need>>20, avail>>20)
+		return fmt.Errorf("carrying %d MiB of stores over needs %d MiB of available memory, and %d MiB are: free some memory or swapoff first",
+			compr>>20, need>>20, avail>>20)
 	}
 	return nil
 }
 
 const (
-	// stateRecordBytes is a page record's overhead in the state file.
+	// stateRecordBytes is a page record's overhead in package state's format.
 	stateRecordBytes = 24
-	// handoverHeadroom is kept available beyond the state file: the
+	// handoverHeadroom is kept available beyond the stores' copies: the
 	// successor's own start, and the kernel's watermarks.
 	handoverHeadroom = 64 << 20
 )
@@ -178,40 +182,60 @@ func (d *Daemon) handoverHandler(w http.ResponseWriter, r *http.Request) {
 }
 
 // handOver runs the old daemon's side once the control API has stopped.
-// Whatever happens, the daemon exits afterwards; the state file is saved
-// before anything is sent, so a failed handover is a plain restart.
-func (d *Daemon) handOver(ctx context.Context, uc *net.UnixConn, tcp net.Listener) error {
+// Whatever happens, the daemon exits afterwards; if the handover fails
+// after the connections stopped, they are closed and the first device is
+// saved to the state file, if there is one, as a plain stop would.
+func (d *Daemon) handOver(ctx context.Context, uc *net.UnixConn, tcp net.Listener) (err error) {
 	defer uc.Close()
 	os.Remove(d.cfg.Control) // the successor listens there next
 	d.mu.Lock()
 	d.closing = true
-	e := d.devs[d.cfg.Device.Name]
+	entries := make([]*entry, 0, len(d.order))
+	for _, name := range d.order {
+		entries = append(entries, d.devs[name])
+	}
 	d.mu.Unlock()
 	conns, err := d.srv.Handover(ctx)
-	if err != nil {
-		return err
-	}
 	defer func() {
 		for _, c := range conns {
 			c.File.Close()
 		}
+		if err != nil && d.cfg.StateFile != "" && !d.cfg.NoDevice {
+			if serr := d.SaveState(); serr != nil {
+				d.log.Error("handover failed, and so did saving the state file", "err", serr)
+			}
+		}
 	}()
-	if err := d.SaveState(); err != nil {
+	if err != nil {
 		return err
 	}
-	m := handoverManifest{PID: os.Getpid(), Device: d.cfg.Device.Name, NBD: e.nbd}
+	m := handoverManifest{PID: os.Getpid()}
 	var files []*os.File
 	defer func() {
 		for _, f := range files {
 			f.Close()
 		}
 	}()
-	if e.l != nil {
-		f, err := e.l.(*net.UnixListener).File()
-		if err != nil {
-			return fmt.Errorf("daemon: handover: %s: %w", e.socket, err)
+	for _, e := range entries {
+		hd := handedDevice{Config: e.cfg, NBD: e.nbd}
+		// Knobs set at runtime: the limit and the primary algorithm.
+		hd.Config.MemLimit = e.dev.Stats().MemLimit
+		if a := e.dev.Algorithm(); a != hd.Config.Algorithm {
+			hd.Config.Algorithm, hd.Config.Params, hd.Config.ParamsText = a, zcomp.Params{}, ""
 		}
-		files, m.Socket = append(files, f), e.socket
+		if e.l != nil {
+			f, err := e.l.(*net.UnixListener).File()
+			if err != nil {
+				return fmt.Errorf("daemon: handover: %s: %w", e.socket, err)
+			}
+			files, hd.Socket = append(files, f), e.socket
+		}
+		f, err := d.saveToMemfd(e.dev)
+		if err != nil {
+			return err
+		}
+		files = append(files, f)
+		m.Devices = append(m.Devices, hd)
 	}
 	if tcp != nil {
 		f, err := tcp.(*net.TCPListener).File()
@@ -250,8 +274,28 @@ func (d *Daemon) handOver(ctx context.Context, uc *net.UnixConn, tcp net.Listene
 	d.mu.Lock()
 	d.handedOff = true // the sockets' paths are the successor's now
 	d.mu.Unlock()
-	d.log.Info("handed over", "device", m.Device, "connections", len(m.Conns), "listeners", len(files)-len(m.Conns))
+	d.log.Info("handed over", "devices", len(m.Devices), "connections", len(m.Conns))
 	return nil
+}
+
+// saveToMemfd writes dev's store into a memfd, read back from the start.
+func (d *Daemon) saveToMemfd(dev *blockdev.Device) (*os.File, error) {
+	fd, err := unix.MemfdCreate("uzram-"+dev.Name(), unix.MFD_CLOEXEC)
+	if err != nil {
+		return nil, fmt.Errorf("daemon: handover: memfd for %s: %w", dev.Name(), err)
+	}
+	f := os.NewFile(uintptr(fd), "uzram-"+dev.Name())
+	start := time.Now()
+	sum, err := state.Save(f, dev)
+	if err == nil {
+		_, err = f.Seek(0, io.SeekStart)
+	}
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("daemon: handover: save %s: %w", dev.Name(), err)
+	}
+	d.log.Info("store saved for the successor", "device", dev.Name(), "pages", sum.Pages, "bytes", sum.Bytes, "took", time.Since(start))
+	return f, nil
 }
 
 // takeover is what the successor received.
@@ -264,7 +308,7 @@ type takeover struct {
 // configured as cfg, and returns what it sent.
 func takeOver(cfg Config) (*takeover, error) {
 	control := cfg.Control
-	body, err := json.Marshal(handoverRequest{Device: cfg.Device.Name, Socket: cfg.Socket, Listen: cfg.Listen})
+	body, err := json.Marshal(handoverRequest{NoDevice: cfg.NoDevice, Device: cfg.Device.Name, Socket: cfg.Socket, Listen: cfg.Listen})
 	if err != nil {
 		return nil, err
 	}
@@ -320,14 +364,17 @@ func takeOver(cfg Config) (*takeover, error) {
 		return fail(fmt.Errorf("takeover: manifest: %w", err))
 	}
 	want := len(t.m.Conns)
-	if t.m.Socket != "" {
-		want++
+	for _, d := range t.m.Devices {
+		want++ // its state
+		if d.Socket != "" {
+			want++
+		}
 	}
 	if t.m.Listen != "" {
 		want++
 	}
 	if len(t.files) != want {
-		return fail(fmt.Errorf("takeover: %d sockets came for a manifest of %d", len(t.files), want))
+		return fail(fmt.Errorf("takeover: %d files came for a manifest of %d", len(t.files), want))
 	}
 	if _, err := uc.Write([]byte{'k'}); err != nil {
 		return fail(fmt.Errorf("takeover: acknowledge: %w", err))
@@ -341,32 +388,51 @@ func refusal(reply string) string {
 	return strings.TrimSpace(lines[len(lines)-1])
 }
 
-// listeners returns the device's and the TCP listener (nil when not sent).
-func (t *takeover) listeners() (dev, tcp net.Listener, err error) {
+// takenDevice is a handed device with its files.
+type takenDevice struct {
+	handedDevice
+	l     net.Listener // nil without a socket
+	state *os.File     // its store, in package state's format
+}
+
+// split pairs the files with the manifest: the devices, and the TCP
+// listener (nil when none came). The connections stay for adopt.
+func (t *takeover) split() (devs []takenDevice, tcp net.Listener, err error) {
 	i := 0
-	next := func(what string) (net.Listener, error) {
+	take := func() *os.File {
 		f := t.files[i]
 		t.files[i] = nil
 		i++
+		return f
+	}
+	listener := func(what string) (net.Listener, error) {
+		f := take()
 		defer f.Close()
 		l, err := net.FileListener(f)
 		if err != nil {
 			return nil, fmt.Errorf("takeover: %s listener: %w", what, err)
 		}
+		if ul, ok := l.(*net.UnixListener); ok {
+			ul.SetUnlinkOnClose(false) // as ListenUnix leaves it
+		}
 		return l, nil
 	}
-	if t.m.Socket != "" {
-		if dev, err = next(t.m.Socket); err != nil {
-			return nil, nil, err
+	for _, hd := range t.m.Devices {
+		td := takenDevice{handedDevice: hd}
+		if hd.Socket != "" {
+			if td.l, err = listener(hd.Socket); err != nil {
+				return nil, nil, err
+			}
 		}
-		dev.(*net.UnixListener).SetUnlinkOnClose(false) // as ListenUnix leaves it
+		td.state = take()
+		devs = append(devs, td)
 	}
 	if t.m.Listen != "" {
-		if tcp, err = next(t.m.Listen); err != nil {
+		if tcp, err = listener(t.m.Listen); err != nil {
 			return nil, nil, err
 		}
 	}
-	return dev, tcp, nil
+	return devs, tcp, nil
 }
 
 // adopt serves the handed connections on srv.
@@ -411,13 +477,8 @@ func (t *takeover) close() {
 
 // checkTakeover refuses a takeover that could not work, before asking for one.
 func checkTakeover(cfg Config) error {
-	switch {
-	case cfg.Control == "":
+	if cfg.Control == "" {
 		return errors.New("daemon: --takeover needs the control socket the running daemon answers on")
-	case cfg.NoDevice:
-		return errors.New("daemon: --takeover carries a device over: it does not go with --no-device")
-	case cfg.StateFile == "":
-		return errors.New("daemon: --takeover needs --state-file, the file the running daemon saves to")
 	}
 	return nil
 }
@@ -426,4 +487,48 @@ func (d *Daemon) isHandedOff() bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return d.handedOff
+}
+
+// takeOver runs the successor's side: every device the old daemon ran,
+// with its contents, listener and attachment, then its connections. It
+// returns the device the flags name (nil with --no-device) and the TCP
+// listener, if one came.
+func (d *Daemon) takeOver() (first *entry, tcp net.Listener, err error) {
+	if err := checkTakeover(d.cfg); err != nil {
+		return nil, nil, err
+	}
+	t, err := takeOver(d.cfg)
+	if err != nil {
+		return nil, nil, fmt.Errorf("daemon: %w", err)
+	}
+	defer t.close()
+	devs, tcp, err := t.split()
+	if err != nil {
+		return nil, nil, fmt.Errorf("daemon: %w", err)
+	}
+	defer func() {
+		for _, td := range devs {
+			td.state.Close()
+		}
+	}()
+	// Its stores are freed as it exits: loading before that would hold
+	// each store twice, beside its copy.
+	t.waitPredecessor(30 * time.Second)
+	start := time.Now()
+	for _, td := range devs {
+		e, err := d.add(td.Config, td.Socket, td.l, td.state)
+		if err != nil {
+			return nil, nil, fmt.Errorf("daemon: takeover: %w", err)
+		}
+		e.nbd = td.NBD
+		if !d.cfg.NoDevice && e.dev.Name() == d.cfg.Device.Name {
+			first = e
+		}
+	}
+	n, err := t.adopt(d.srv)
+	if err != nil {
+		d.log.Warn("takeover: connections dropped", "err", err)
+	}
+	d.log.Info("took over", "devices", len(devs), "connections", n, "took", time.Since(start).Round(time.Millisecond))
+	return first, tcp, nil
 }

@@ -8,6 +8,7 @@ package daemon
 import (
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/user"
@@ -141,6 +142,18 @@ func (d *Daemon) SaveState() error {
 		return fmt.Errorf("daemon: %w", err)
 	}
 	d.log.Info("saved device contents", "device", e.dev.Name(), "file", d.cfg.StateFile,
+		"pages", sum.Pages, "bytes", sum.Bytes, "took", time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+// load restores dev from r (a predecessor's copy of it, in package state's format).
+func (d *Daemon) load(dev *blockdev.Device, r io.Reader) error {
+	start := time.Now()
+	sum, err := state.Load(r, dev)
+	if err != nil {
+		return fmt.Errorf("daemon: takeover: load %s: %w", dev.Name(), err)
+	}
+	d.log.Info("restored device contents", "device", dev.Name(), "from", "predecessor",
 		"pages", sum.Pages, "bytes", sum.Bytes, "took", time.Since(start).Round(time.Millisecond))
 	return nil
 }

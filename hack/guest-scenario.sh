@@ -453,9 +453,9 @@ restart_phase() {
 
 # takeover_phase: swap on uzram under a workload held to TAKEOVER_MEMMAX by
 # its memory cgroup, so its pages go to swap while the machine keeps memory
-# available for the state file the takeover goes through (a daemon with too
-# little refuses, and the first run here showed 3 MiB available with the
-# whole guest's RAM in use). While the workload checks every page again
+# available for the copy of the store the takeover goes through (a daemon
+# with too little refuses, and the first run here showed 3 MiB available
+# with the whole guest's RAM in use). While the workload checks every page again
 # (swap-ins and swap-outs in flight), a new `uzram serve --takeover`
 # replaces the daemon. The kernel's nbd connections must never drop and
 # every page must read back right.
