@@ -184,15 +184,26 @@ func Run(ctx context.Context, cfg Config) error {
 	defer d.closeAll()
 	defer d.startHeapReturn()() // prefault.go: the Go heap shrinks back after a big TRIM
 
-	var tcpL net.Listener // handed over by the predecessor, if it had one
-	var first *entry      // the device the flags make
-	if cfg.Takeover {
-		var err error
-		if first, tcpL, err = d.takeOver(); err != nil {
+	var tcpL net.Listener          // handed over by the predecessor, if it had one
+	var first *entry               // the device the flags make
+	exe, exeErr := os.Executable() // now: an upgrade may replace the file later
+	handed, err := inherited()
+	if err != nil {
+		return err
+	}
+	if handed == nil && cfg.Takeover {
+		if err := checkTakeover(cfg); err != nil {
+			return err
+		}
+		if handed, err = takeOver(cfg); err != nil {
+			return fmt.Errorf("daemon: %w", err)
+		}
+	}
+	if handed != nil {
+		if first, tcpL, err = d.takeOver(handed); err != nil {
 			return err
 		}
 	} else if !cfg.NoDevice {
-		var err error
 		if first, err = d.add(cfg.Device, cfg.Socket, nil, nil); err != nil {
 			return err
 		}
@@ -278,10 +289,11 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 
 	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGUSR1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGUSR1, syscall.SIGUSR2)
 	defer signal.Stop(sigs)
 	var runErr error
 	var successor *net.UnixConn
+	upgrade := false // SIGUSR2: re-execute in place
 loop:
 	for {
 		select {
@@ -292,6 +304,19 @@ loop:
 			if s == syscall.SIGUSR1 {
 				d.printStats()
 				continue
+			}
+			if s == syscall.SIGUSR2 {
+				err := exeErr
+				if err == nil {
+					err = d.canHandOver(handoverRequest{NoDevice: cfg.NoDevice, Device: cfg.Device.Name, Socket: cfg.Socket, Listen: cfg.Listen})
+				}
+				if err != nil {
+					log.Error("SIGUSR2: not re-executing", "err", err)
+					continue
+				}
+				log.Info("SIGUSR2: re-executing in place", "binary", exe)
+				upgrade = true
+				break loop
 			}
 			log.Info("shutting down", "signal", s.String())
 			break loop
@@ -312,10 +337,17 @@ loop:
 	if met != nil {
 		met.Shutdown(sctx)
 	}
+	if upgrade {
+		err := d.handOver(sctx, tcpL, reexec(exe)) // returns only on failure
+		log.Error("re-exec failed: connections closed; start again", "err", err)
+		return err
+	}
 	if successor != nil {
 		// The state file is written before anything is sent: if the
 		// handover fails, this was a plain restart.
-		if err := d.handOver(sctx, successor, tcpL); err != nil {
+		err := d.handOver(sctx, tcpL, sendOver(successor))
+		successor.Close()
+		if err != nil {
 			log.Error("handover failed: connections closed; start again from the state file", "err", err)
 			return err
 		}

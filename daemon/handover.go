@@ -32,7 +32,9 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -185,8 +187,10 @@ func (d *Daemon) handoverHandler(w http.ResponseWriter, r *http.Request) {
 // Whatever happens, the daemon exits afterwards; if the handover fails
 // after the connections stopped, they are closed and the first device is
 // saved to the state file, if there is one, as a plain stop would.
-func (d *Daemon) handOver(ctx context.Context, uc *net.UnixConn, tcp net.Listener) (err error) {
-	defer uc.Close()
+//
+// send delivers the manifest and files to the successor (sendOver,
+// reexec) and returns once it has them.
+func (d *Daemon) handOver(ctx context.Context, tcp net.Listener, send func(m handoverManifest, files []*os.File) error) (err error) {
 	os.Remove(d.cfg.Control) // the successor listens there next
 	d.mu.Lock()
 	d.closing = true
@@ -252,30 +256,41 @@ func (d *Daemon) handOver(ctx context.Context, uc *net.UnixConn, tcp net.Listene
 		files = append(files, c.File)
 		m.Conns = append(m.Conns, handedConn{Export: c.Export, TFlags: c.TFlags, Leftover: c.Leftover})
 	}
-	body, err := json.Marshal(m)
-	if err != nil {
+	if err := send(m, files); err != nil {
 		return err
-	}
-	fds := make([]int, len(files))
-	for i, f := range files {
-		fds[i] = int(f.Fd())
-	}
-	hdr := binary.BigEndian.AppendUint32([]byte(handoverMagic), uint32(len(body)))
-	uc.SetDeadline(time.Now().Add(time.Minute))
-	if _, _, err := uc.WriteMsgUnix(hdr, unix.UnixRights(fds...), nil); err != nil {
-		return fmt.Errorf("daemon: handover: send sockets: %w", err)
-	}
-	if _, err := uc.Write(body); err != nil {
-		return fmt.Errorf("daemon: handover: send manifest: %w", err)
-	}
-	if _, err := io.ReadFull(uc, make([]byte, 1)); err != nil {
-		return fmt.Errorf("daemon: handover: no acknowledgement from the successor: %w", err)
 	}
 	d.mu.Lock()
 	d.handedOff = true // the sockets' paths are the successor's now
 	d.mu.Unlock()
 	d.log.Info("handed over", "devices", len(m.Devices), "connections", len(m.Conns))
 	return nil
+}
+
+// sendOver sends the manifest and files over the successor's control
+// connection and waits for its acknowledgement.
+func sendOver(uc *net.UnixConn) func(handoverManifest, []*os.File) error {
+	return func(m handoverManifest, files []*os.File) error {
+		body, err := json.Marshal(m)
+		if err != nil {
+			return err
+		}
+		fds := make([]int, len(files))
+		for i, f := range files {
+			fds[i] = int(f.Fd())
+		}
+		hdr := binary.BigEndian.AppendUint32([]byte(handoverMagic), uint32(len(body)))
+		uc.SetDeadline(time.Now().Add(time.Minute))
+		if _, _, err := uc.WriteMsgUnix(hdr, unix.UnixRights(fds...), nil); err != nil {
+			return fmt.Errorf("daemon: handover: send sockets: %w", err)
+		}
+		if _, err := uc.Write(body); err != nil {
+			return fmt.Errorf("daemon: handover: send manifest: %w", err)
+		}
+		if _, err := io.ReadFull(uc, make([]byte, 1)); err != nil {
+			return fmt.Errorf("daemon: handover: no acknowledgement from the successor: %w", err)
+		}
+		return nil
+	}
 }
 
 // saveToMemfd writes dev's store into a memfd, read back from the start.
@@ -493,14 +508,7 @@ func (d *Daemon) isHandedOff() bool {
 // with its contents, listener and attachment, then its connections. It
 // returns the device the flags name (nil with --no-device) and the TCP
 // listener, if one came.
-func (d *Daemon) takeOver() (first *entry, tcp net.Listener, err error) {
-	if err := checkTakeover(d.cfg); err != nil {
-		return nil, nil, err
-	}
-	t, err := takeOver(d.cfg)
-	if err != nil {
-		return nil, nil, fmt.Errorf("daemon: %w", err)
-	}
+func (d *Daemon) takeOver(t *takeover) (first *entry, tcp net.Listener, err error) {
 	defer t.close()
 	devs, tcp, err := t.split()
 	if err != nil {
@@ -512,8 +520,10 @@ func (d *Daemon) takeOver() (first *entry, tcp net.Listener, err error) {
 		}
 	}()
 	// Its stores are freed as it exits: loading before that would hold
-	// each store twice, beside its copy.
-	t.waitPredecessor(30 * time.Second)
+	// each store twice, beside its copy. (A re-exec freed them already.)
+	if t.m.PID != os.Getpid() {
+		t.waitPredecessor(30 * time.Second)
+	}
 	start := time.Now()
 	for _, td := range devs {
 		e, err := d.add(td.Config, td.Socket, td.l, td.state)
@@ -531,4 +541,81 @@ func (d *Daemon) takeOver() (first *entry, tcp net.Listener, err error) {
 	}
 	d.log.Info("took over", "devices", len(devs), "connections", n, "took", time.Since(start).Round(time.Millisecond))
 	return first, tcp, nil
+}
+
+// reexecEnv lists the files a daemon that re-executed itself inherits: the
+// manifest's memfd first, then the manifest's files in order.
+const reexecEnv = "UZRAM_HANDOVER_FDS"
+
+// reexec hands everything over to a new image of exe in this very process
+// (SIGUSR2): the PID stays, so a service manager keeps tracking the daemon
+// (systemd: ExecReload=kill -USR2 $MAINPID). It returns only on failure.
+func reexec(exe string) func(handoverManifest, []*os.File) error {
+	return func(m handoverManifest, files []*os.File) error {
+		body, err := json.Marshal(m)
+		if err != nil {
+			return err
+		}
+		fd, err := unix.MemfdCreate("uzram-handover", 0) // inherited: no MFD_CLOEXEC
+		if err != nil {
+			return fmt.Errorf("daemon: re-exec: memfd: %w", err)
+		}
+		mf := os.NewFile(uintptr(fd), "uzram-handover")
+		defer mf.Close()
+		if _, err := mf.Write(body); err != nil {
+			return fmt.Errorf("daemon: re-exec: manifest: %w", err)
+		}
+		fds := []string{strconv.Itoa(fd)}
+		for _, f := range files {
+			n := int(f.Fd())
+			if _, err := unix.FcntlInt(uintptr(n), unix.F_SETFD, 0); err != nil { // keep it across exec
+				return fmt.Errorf("daemon: re-exec: %w", err)
+			}
+			fds = append(fds, strconv.Itoa(n))
+		}
+		env := []string{reexecEnv + "=" + strings.Join(fds, ",")}
+		for _, kv := range os.Environ() {
+			if !strings.HasPrefix(kv, reexecEnv+"=") {
+				env = append(env, kv)
+			}
+		}
+		err = syscall.Exec(exe, os.Args, env)
+		return fmt.Errorf("daemon: re-exec %s: %w", exe, err)
+	}
+}
+
+// inherited reads what a previous image of this process handed over, if
+// it re-executed into this one (nil otherwise).
+func inherited() (*takeover, error) {
+	list := os.Getenv(reexecEnv)
+	if list == "" {
+		return nil, nil
+	}
+	os.Unsetenv(reexecEnv) // not for our children
+	t := &takeover{}
+	var mf *os.File
+	for i, s := range strings.Split(list, ",") {
+		fd, err := strconv.Atoi(s)
+		if err != nil || fd < 3 {
+			t.close()
+			return nil, fmt.Errorf("daemon: re-exec: bad %s %q", reexecEnv, list)
+		}
+		unix.CloseOnExec(fd)
+		f := os.NewFile(uintptr(fd), "handed")
+		if i == 0 {
+			mf = f
+		} else {
+			t.files = append(t.files, f)
+		}
+	}
+	defer mf.Close()
+	if _, err := mf.Seek(0, io.SeekStart); err != nil {
+		t.close()
+		return nil, fmt.Errorf("daemon: re-exec: manifest: %w", err)
+	}
+	if err := json.NewDecoder(mf).Decode(&t.m); err != nil {
+		t.close()
+		return nil, fmt.Errorf("daemon: re-exec: manifest: %w", err)
+	}
+	return t, nil
 }

@@ -457,8 +457,9 @@ restart_phase() {
 # with too little refuses, and the first run here showed 3 MiB available
 # with the whole guest's RAM in use). While the workload checks every page again
 # (swap-ins and swap-outs in flight), a new `uzram serve --takeover`
-# replaces the daemon. The kernel's nbd connections must never drop and
-# every page must read back right.
+# replaces the daemon, and then SIGUSR2 makes that one re-execute in place.
+# The kernel's nbd connections must never drop and every page must read
+# back right.
 takeover_phase() {
 	local state=/run/uzram/state.img mlog=/run/memcheck-takeover.log newerr=/run/uzram/takeover.err
 	local cg=/sys/fs/cgroup/takeover mc old new t0 t1 rc=0 result took=none swap_kib avail_kib old_rc=none
@@ -505,8 +506,23 @@ takeover_phase() {
 		kill -0 "$new" 2>/dev/null || break
 		sleep 0.1
 	done
+	local reexec=none
 	if [ "$took" != none ]; then
 		srv_pid=$new
+		# And SIGUSR2, in place (systemd's reload), while the check still runs.
+		sleep 1
+		t0=$(date +%s.%N)
+		kill -USR2 "$new"
+		for _ in $(seq 600); do
+			if [ "$(grep -c 'took over' "$newerr")" -ge 2 ]; then
+				t1=$(date +%s.%N)
+				reexec=$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.1f", b - a}')
+				break
+			fi
+			kill -0 "$new" 2>/dev/null || break
+			sleep 0.1
+		done
+		[ "$reexec" != none ] || fail "takeover: SIGUSR2 did not re-execute the daemon: $(tail -1 "$newerr")"
 	else
 		fail "takeover: the new daemon did not take over: $(tail -1 "$newerr")"
 		kill -0 "$new" 2>/dev/null && kill "$new"
@@ -526,7 +542,7 @@ takeover_phase() {
 	detach
 	stop_server
 	kernel_news
-	say "takeover memcheck=$result took_s=$took old_exit=$old_rc swap_kib=$swap_kib available_kib=$avail_kib nbd0_sectors_after=$size"
+	say "takeover memcheck=$result took_s=$took reexec_s=$reexec old_exit=$old_rc swap_kib=$swap_kib available_kib=$avail_kib nbd0_sectors_after=$size"
 }
 
 # ---- the run -----------------------------------------------------------------

@@ -294,3 +294,40 @@ func TestTakeoverRefused(t *testing.T) {
 		t.Fatalf("the daemon asked to hand over no longer serves: %v", err)
 	}
 }
+
+// TestReexecKeepsConnections: SIGUSR2 makes the daemon re-execute its
+// binary in place (what `systemctl reload` does with the unit's
+// ExecReload), handing everything to the new image as to a successor: the
+// PID stays, the client's connection and every page with it.
+func TestReexecKeepsConnections(t *testing.T) {
+	s := startServer(t, "--size", "8M")
+	c := dial(t, s)
+	l := startLoad(t, c, 2048, 8)
+	time.Sleep(200 * time.Millisecond)
+	if err := s.cmd.Process.Signal(syscall.SIGUSR2); err != nil {
+		t.Fatal(err)
+	}
+	waitLog(t, "the re-executed daemon", s.stderr, "took over")
+	time.Sleep(300 * time.Millisecond)
+	l.stop()
+	t.Logf("%d requests, the longest %v", l.ops.Load(), time.Duration(l.longest.Load()).Round(time.Millisecond))
+	select {
+	case err := <-s.done:
+		t.Fatalf("the daemon exited: %v: %s", err, s.stderr())
+	case <-c.Closed():
+		t.Fatal("the client's connection closed")
+	default:
+	}
+	if !strings.Contains(s.stderr(), "re-executing in place") || !strings.Contains(s.stderr(), "devices=1 connections=1") {
+		t.Errorf("no re-exec with 1 device and 1 connection in the log: %s", s.stderr())
+	}
+	fresh, err := nbdclient.Dial("unix", s.Socket, s.Name)
+	if err != nil {
+		t.Fatalf("new connection after the re-exec: %v", err)
+	}
+	defer fresh.Close()
+	l.verify(c, fresh)
+	if out := cliOK(t, s); !strings.Contains(out, s.Name) {
+		t.Errorf("control API after the re-exec lists: %s", out)
+	}
+}
