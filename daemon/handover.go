@@ -32,6 +32,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -579,6 +580,12 @@ func reexec(exe string) func(handoverManifest, []*os.File) error {
 				env = append(env, kv)
 			}
 		}
+		// The calling thread's policy carries into the new image's first
+		// thread, and on to the threads it starts: real-time is for the new
+		// image's own watcher to decide.
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		_ = unix.SchedSetAttr(0, &unix.SchedAttr{Policy: unix.SCHED_NORMAL}, 0)
 		err = syscall.Exec(exe, os.Args, env)
 		return fmt.Errorf("daemon: re-exec %s: %w", exe, err)
 	}
