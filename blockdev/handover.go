@@ -100,40 +100,25 @@ func (s *Server) handedOver(c *conn) {
 // connections; others (still negotiating, TLS, stalled mid-request) are
 // closed. Like Shutdown, the server serves nothing afterwards.
 func (s *Server) Handover(ctx context.Context) ([]HandedConn, error) {
-	s.mu.Lock()
-	s.closing = true
-	for l := range s.listeners {
+	done, err := s.stopServing(ctx, func(l net.Listener) {
 		if dl, ok := l.(interface{ SetDeadline(time.Time) error }); ok {
 			dl.SetDeadline(time.Now()) // Serve returns; the socket stays open
 		} else {
 			l.Close()
 		}
-	}
-	for c := range s.conns {
+	}, func(c *conn) {
 		if c.dev != nil && !c.tls {
 			c.handOver()
 		} else {
 			c.stop()
 		}
-	}
-	s.mu.Unlock()
-	done := make(chan struct{})
-	go func() { s.wg.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-ctx.Done():
-		s.mu.Lock()
-		for c := range s.conns {
-			c.raw.Close()
-		}
-		s.mu.Unlock()
-		<-done
-	}
+	})
+	<-done // also after a timeout: handedOver may still be adding to s.handed
 	s.mu.Lock()
 	h := s.handed
 	s.handed = nil
 	s.mu.Unlock()
-	if err := ctx.Err(); err != nil {
+	if err != nil {
 		for _, c := range h {
 			c.File.Close()
 		}

@@ -315,28 +315,39 @@ func (s *Server) isClosing() bool {
 // Shutdown stops accepting, lets every connection finish the requests it has
 // already read, then closes them. It returns ctx's error if that takes too long.
 func (s *Server) Shutdown(ctx context.Context) error {
+	// stop wakes readers blocked on the socket or on budget; workers still reply.
+	if _, err := s.stopServing(ctx, func(l net.Listener) { l.Close() }, (*conn).stop); err != nil {
+		return fmt.Errorf("blockdev: shutdown: %w", err)
+	}
+	return nil
+}
+
+// stopServing marks s closing, applies stopL to every listener and stopC to
+// every connection, and waits for the connections to end. If ctx ends
+// first it closes their sockets and returns ctx's error; done is closed
+// once they have all ended.
+func (s *Server) stopServing(ctx context.Context, stopL func(net.Listener), stopC func(*conn)) (done <-chan struct{}, err error) {
 	s.mu.Lock()
 	s.closing = true
 	for l := range s.listeners {
-		l.Close()
+		stopL(l)
 	}
 	for c := range s.conns {
-		// Wake readers blocked on the socket or on budget; workers still reply.
-		c.stop()
+		stopC(c)
 	}
 	s.mu.Unlock()
-	done := make(chan struct{})
-	go func() { s.wg.Wait(); close(done) }()
+	ended := make(chan struct{})
+	go func() { s.wg.Wait(); close(ended) }()
 	select {
-	case <-done:
-		return nil
+	case <-ended:
+		return ended, nil
 	case <-ctx.Done():
 		s.mu.Lock()
 		for c := range s.conns {
 			c.raw.Close()
 		}
 		s.mu.Unlock()
-		return fmt.Errorf("blockdev: shutdown: %w", ctx.Err())
+		return ended, ctx.Err()
 	}
 }
 
