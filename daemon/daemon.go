@@ -308,7 +308,7 @@ loop:
 			if s == syscall.SIGUSR2 {
 				err := exeErr
 				if err == nil {
-					err = d.canHandOver(handoverRequest{NoDevice: cfg.NoDevice, Device: cfg.Device.Name, Socket: cfg.Socket, Listen: cfg.Listen})
+					err = d.canHandOver(requestFor(cfg)) // the same flags: checks only memory and state
 				}
 				if err != nil {
 					log.Error("SIGUSR2: not re-executing", "err", err)

@@ -41,6 +41,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/uzram/uzram/blockdev"
+	"github.com/uzram/uzram/control"
 	"github.com/uzram/uzram/state"
 	"github.com/uzram/uzram/zcomp"
 )
@@ -88,6 +89,11 @@ type handoverRequest struct {
 	Listen   string `json:"listen"`
 }
 
+// requestFor is what a daemon configured as cfg serves, as a handoverRequest.
+func requestFor(cfg Config) handoverRequest {
+	return handoverRequest{NoDevice: cfg.NoDevice, Device: cfg.Device.Name, Socket: cfg.Socket, Listen: cfg.Listen}
+}
+
 // canHandOver says why this daemon cannot hand over to a successor started
 // for req, before anything stops.
 func (d *Daemon) canHandOver(req handoverRequest) error {
@@ -116,9 +122,9 @@ func (d *Daemon) canHandOver(req handoverRequest) error {
 		need += s.ComprDataSize + stateRecordBytes*(s.PagesStored+s.SamePages)
 	}
 	need += handoverHeadroom
-	if avail, err := memAvailable(); err == nil && avail < need {
+	if kib, err := control.MeminfoKiB("MemAvailable"); err == nil && kib<<10 < need {
 		return fmt.Errorf("carrying %d MiB of stores over needs %d MiB of available memory, and %d MiB are: free some memory or swapoff first",
-			compr>>20, need>>20, avail>>20)
+			compr>>20, need>>20, kib>>10)
 	}
 	return nil
 }
@@ -130,24 +136,6 @@ const (
 	// successor's own start, and the kernel's watermarks.
 	handoverHeadroom = 64 << 20
 )
-
-// memAvailable is /proc/meminfo's MemAvailable, in bytes.
-func memAvailable() (int64, error) {
-	b, err := os.ReadFile("/proc/meminfo")
-	if err != nil {
-		return 0, err
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if rest, ok := strings.CutPrefix(line, "MemAvailable:"); ok {
-			var kib int64
-			if _, err := fmt.Sscan(rest, &kib); err != nil {
-				return 0, err
-			}
-			return kib << 10, nil
-		}
-	}
-	return 0, errors.New("no MemAvailable in /proc/meminfo")
-}
 
 // handoverHandler answers POST /v1/handover: it takes the connection over
 // from HTTP and leaves the handover to Run's loop.
@@ -317,14 +305,14 @@ func (d *Daemon) saveToMemfd(dev *blockdev.Device) (*os.File, error) {
 // takeover is what the successor received.
 type takeover struct {
 	m     handoverManifest
-	files []*os.File // listeners, then connections
+	files []*os.File // in the manifest's order; nil once taken
 }
 
 // takeOver asks the daemon on cfg.Control to hand over to a daemon
 // configured as cfg, and returns what it sent.
 func takeOver(cfg Config) (*takeover, error) {
 	control := cfg.Control
-	body, err := json.Marshal(handoverRequest{NoDevice: cfg.NoDevice, Device: cfg.Device.Name, Socket: cfg.Socket, Listen: cfg.Listen})
+	body, err := json.Marshal(requestFor(cfg))
 	if err != nil {
 		return nil, err
 	}
