@@ -6,7 +6,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -38,19 +37,7 @@ func TestHandoverUnderLoad(t *testing.T) {
 	}
 	go srv.Serve(l)
 
-	var clients sync.WaitGroup
-	for ci := 0; ci < conns; ci++ {
-		c, err := nbdclient.Dial("unix", sock, "ho")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		clients.Add(1)
-		go func() {
-			defer clients.Done()
-			stressConn(t, c, ci, region, inflight, 3000)
-		}()
-	}
+	waitClients := stressClients(t, sock, "ho", conns, region, inflight, 3000)
 	leftover := 0
 	for i := 0; i < handovers; i++ {
 		time.Sleep(30 * time.Millisecond)
@@ -89,7 +76,7 @@ func TestHandoverUnderLoad(t *testing.T) {
 		go next.Serve(l)
 		srv = next
 	}
-	clients.Wait()
+	waitClients()
 	t.Logf("%d handovers, %d bytes of requests handed over unread", handovers, leftover)
 	// The listener came along too: a new client gets in.
 	c, err := nbdclient.Dial("unix", sock, "ho")

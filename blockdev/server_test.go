@@ -59,21 +59,27 @@ func TestStressConnections(t *testing.T) {
 	if testing.Short() {
 		ops = 800
 	}
+	stressClients(t, sock, "stress", conns, region, inflight, ops)()
+	checkStatsConsistent(t, d)
+}
+
+// stressClients runs stressConn on conns connections to export, each on its
+// own region, and returns the function that waits for them all.
+func stressClients(t *testing.T, sock, export string, conns, region, inflight, ops int) (wait func()) {
 	var all sync.WaitGroup
 	for ci := 0; ci < conns; ci++ {
-		c, err := nbdclient.Dial("unix", sock, "stress")
+		c, err := nbdclient.Dial("unix", sock, export)
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer c.Close()
+		t.Cleanup(func() { c.Close() })
 		all.Add(1)
 		go func() {
 			defer all.Done()
 			stressConn(t, c, ci, region, inflight, ops)
 		}()
 	}
-	all.Wait()
-	checkStatsConsistent(t, d)
+	return all.Wait
 }
 
 // stressConn drives one connection's region with up to inflight requests.

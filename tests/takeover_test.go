@@ -82,6 +82,23 @@ func (l *load) run(w uint32) {
 
 func (l *load) stop() { l.halt.Store(true); l.wg.Wait() }
 
+// carried checks what a handover must keep: the load's connection open,
+// and every page as last written, through it and a new connection to
+// export on sock.
+func (l *load) carried(sock, export string) {
+	select {
+	case <-l.c.Closed():
+		l.t.Fatal("the client's connection closed")
+	default:
+	}
+	fresh, err := nbdclient.Dial("unix", sock, export)
+	if err != nil {
+		l.t.Fatalf("new connection to %s after the handover: %v", export, err)
+	}
+	defer fresh.Close()
+	l.verify(l.c, fresh)
+}
+
 // verify reads every page back through each client.
 func (l *load) verify(clients ...*nbdclient.Client) {
 	got := make([]byte, 4096)
@@ -144,17 +161,7 @@ func TestTakeoverKeepsConnections(t *testing.T) {
 	if !strings.Contains(old.stderr(), "handed over") || !strings.Contains(old.stderr(), "connections=1") {
 		t.Errorf("old daemon's log lacks the handover of 1 connection: %s", old.stderr())
 	}
-	select {
-	case <-c.Closed():
-		t.Fatal("the client's connection closed")
-	default:
-	}
-	fresh, err := nbdclient.Dial("unix", succ.Socket, succ.Name)
-	if err != nil {
-		t.Fatalf("new connection to the successor: %v", err)
-	}
-	defer fresh.Close()
-	l.verify(c, fresh)
+	l.carried(succ.Socket, succ.Name)
 	if out := cliOK(t, succ); !strings.Contains(out, succ.Name) {
 		t.Errorf("control API after the takeover lists: %s", out)
 	}
@@ -220,12 +227,7 @@ func TestTakeoverRuntimeDevices(t *testing.T) {
 	if !strings.Contains(oldErr.String(), "devices=2 connections=1") {
 		t.Errorf("old daemon's log lacks the handover of 2 devices and 1 connection: %s", oldErr.String())
 	}
-	fresh, err := nbdclient.Dial("unix", filepath.Join(dir, "uzram1.sock"), "uzram1")
-	if err != nil {
-		t.Fatalf("new connection to uzram1: %v", err)
-	}
-	defer fresh.Close()
-	l.verify(c, fresh)
+	l.carried(filepath.Join(dir, "uzram1.sock"), "uzram1")
 	if got := cliOK(t, s, "-n", "-o", "NAME,ALGORITHM,DISKSIZE,DATA"); !strings.HasPrefix(got, strings.SplitN(listing, "\n", 2)[0]) ||
 		!strings.Contains(got, "uzram1 zstd 8M") {
 		t.Errorf("after the takeover the devices list as\n%s\nbefore\n%s", got, listing)
@@ -314,19 +316,12 @@ func TestReexecKeepsConnections(t *testing.T) {
 	select {
 	case err := <-s.done:
 		t.Fatalf("the daemon exited: %v: %s", err, s.stderr())
-	case <-c.Closed():
-		t.Fatal("the client's connection closed")
 	default:
 	}
 	if !strings.Contains(s.stderr(), "re-executing in place") || !strings.Contains(s.stderr(), "devices=1 connections=1") {
 		t.Errorf("no re-exec with 1 device and 1 connection in the log: %s", s.stderr())
 	}
-	fresh, err := nbdclient.Dial("unix", s.Socket, s.Name)
-	if err != nil {
-		t.Fatalf("new connection after the re-exec: %v", err)
-	}
-	defer fresh.Close()
-	l.verify(c, fresh)
+	l.carried(s.Socket, s.Name)
 	if out := cliOK(t, s); !strings.Contains(out, s.Name) {
 		t.Errorf("control API after the re-exec lists: %s", out)
 	}
