@@ -192,9 +192,6 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	if handed == nil && cfg.Takeover {
-		if err := checkTakeover(cfg); err != nil {
-			return err
-		}
 		if handed, err = takeOver(cfg); err != nil {
 			return fmt.Errorf("daemon: %w", err)
 		}

@@ -312,6 +312,9 @@ type takeover struct {
 // configured as cfg, and returns what it sent.
 func takeOver(cfg Config) (*takeover, error) {
 	control := cfg.Control
+	if control == "" {
+		return nil, errors.New("--takeover needs the control socket the running daemon answers on")
+	}
 	body, err := json.Marshal(requestFor(cfg))
 	if err != nil {
 		return nil, err
@@ -477,14 +480,6 @@ func (t *takeover) close() {
 			f.Close()
 		}
 	}
-}
-
-// checkTakeover refuses a takeover that could not work, before asking for one.
-func checkTakeover(cfg Config) error {
-	if cfg.Control == "" {
-		return errors.New("daemon: --takeover needs the control socket the running daemon answers on")
-	}
-	return nil
 }
 
 func (d *Daemon) isHandedOff() bool {
