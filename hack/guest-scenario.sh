@@ -97,6 +97,9 @@ stop_server() {
 	sed 's/^/##   /' "$SRVLOG"
 }
 
+# span T0 T1: seconds between two `date +%s.%N` stamps, one decimal.
+span() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.1f", b - a}'; }
+
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 
 # io_flusher_threads prints "flagged/total" threads of a process that carry
@@ -240,7 +243,7 @@ swap_phase() {
 	local result peak elapsed
 	result=$(sed -n 's/^memcheck: result=\([A-Z]*\).*/\1/p' "$mlog")
 	peak=$(sed -n 's/.*peak_swap_kib=\([0-9]*\).*/\1/p' "$mlog")
-	elapsed=$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.1f", b - a}')
+	elapsed=$(span "$t0" "$t1")
 	if [ "$rc" != 0 ] || [ "$result" != PASS ]; then
 		fail "$name: memcheck status $rc result ${result:-none}"
 		result=FAIL
@@ -496,7 +499,7 @@ takeover_phase() {
 	for _ in $(seq 1200); do
 		if [ "$took" = none ] && grep -q 'took over' "$newerr"; then
 			t1=$(date +%s.%N)
-			took=$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.1f", b - a}')
+			took=$(span "$t0" "$t1")
 		fi
 		if [ "$old_rc" = none ] && ! kill -0 "$old" 2>/dev/null; then
 			old_rc=0
@@ -516,7 +519,7 @@ takeover_phase() {
 		for _ in $(seq 600); do
 			if [ "$(grep -c 'took over' "$newerr")" -ge 2 ]; then
 				t1=$(date +%s.%N)
-				reexec=$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.1f", b - a}')
+				reexec=$(span "$t0" "$t1")
 				break
 			fi
 			kill -0 "$new" 2>/dev/null || break
