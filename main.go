@@ -17,6 +17,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/uzram/uzram/blockdev"
+	"github.com/uzram/uzram/blockdev/nbd"
 	"github.com/uzram/uzram/control"
 	"github.com/uzram/uzram/daemon"
 	"github.com/uzram/uzram/recompress"
@@ -149,9 +150,9 @@ func serveCommand() *cli.Command {
 			if err != nil {
 				return fmt.Errorf("--socket-mode: %w", err)
 			}
-			srvOpts := blockdev.ServerOptions{ReadOnly: c.Bool("read-only"), TLSRequired: c.Bool("tls-required")}
+			srvOpts := nbd.ServerOptions{ReadOnly: c.Bool("read-only"), TLSRequired: c.Bool("tls-required")}
 			if c.String("tls-cert") != "" || c.String("tls-key") != "" || c.String("tls-ca") != "" {
-				if srvOpts.TLS, err = blockdev.LoadTLSConfig(c.String("tls-cert"), c.String("tls-key"), c.String("tls-ca")); err != nil {
+				if srvOpts.TLS, err = nbd.LoadTLSConfig(c.String("tls-cert"), c.String("tls-key"), c.String("tls-ca")); err != nil {
 					return fmt.Errorf("--tls-cert/--tls-key/--tls-ca: %w", err)
 				}
 			} else if srvOpts.TLSRequired {

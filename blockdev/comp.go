@@ -25,8 +25,9 @@ type compressor struct {
 
 // compTable maps slot ids to compressors and priorities to the compressor
 // new pages of that priority use. A stored page holds a reference on its
-// compressor's pool (seed 004: the pool lives until the last page it
-// compressed is gone), so an id is reused only after its pool is released.
+// compressor's pool, as a zswap entry pins its pool: the pool lives until
+// the last page it compressed is gone, so an id is reused only after its
+// pool is released.
 type compTable struct {
 	mu      sync.Mutex // changes only; the I/O path reads atomics
 	byID    [maxComps]atomic.Pointer[compressor]

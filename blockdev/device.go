@@ -10,6 +10,7 @@ import (
 
 	"github.com/uzram/uzram/pagestore"
 	"github.com/uzram/uzram/streams"
+	"github.com/uzram/uzram/swapsafe"
 	"github.com/uzram/uzram/zcomp"
 )
 
@@ -111,7 +112,7 @@ func New(cfg Config) (*Device, error) {
 	// The Device is a large allocation of fresh, untouched memory: its
 	// page-lock stripes (256 KiB) would fault one page at a time on the
 	// write path (prefault.go).
-	prefault(unsafe.Slice((*byte)(unsafe.Pointer(&d.locks)), unsafe.Sizeof(d.locks)))
+	swapsafe.Prefault(unsafe.Slice((*byte)(unsafe.Pointer(&d.locks)), unsafe.Sizeof(d.locks)))
 	if d.table, err = newSlotTable(d.npages, !cfg.TableOnDemand); err != nil {
 		return nil, err
 	}
@@ -201,11 +202,10 @@ func (d *Device) ReadAt(p []byte, off uint64) error {
 
 // WriteAt stores p on the device at byte offset off. On failure the pages
 // before the failing one are written and the rest keep their old contents.
-func (d *Device) WriteAt(p []byte, off uint64) error { return d.writeAt(p, off, nil) }
-
-// writeAt is WriteAt; whole pages are compressed into scratch if given
-// (see writePage).
-func (d *Device) writeAt(p []byte, off uint64, scratch []byte) error {
+// Whole pages are compressed into scratch if it is given (at least
+// HugeThreshold bytes; see writePage): a transport thread passes its own, so
+// the stream goes back before the store is asked for memory.
+func (d *Device) WriteAt(p []byte, off uint64, scratch []byte) error {
 	if err := d.checkRange(off, len(p)); err != nil {
 		return err
 	}
@@ -231,10 +231,21 @@ func (d *Device) writeAt(p []byte, off uint64, scratch []byte) error {
 }
 
 // Discard frees the whole pages in [off, off+n) and zeroes the partial ones
-// at either end: NBD TRIM and WRITE_ZEROES. With keep (WRITE_ZEROES with
-// NO_HOLE) whole pages become same-filled zero pages instead of holes; both
-// read back as zeros and neither costs store memory.
-func (d *Device) Discard(off, n uint64, keep bool) error {
+// at either end (NBD TRIM, a block layer discard).
+func (d *Device) Discard(off, n uint64) error { return d.discard(off, n, false) }
+
+// WriteZeroes makes [off, off+n) read as zeros. Whole pages are freed as by
+// Discard or, with noHole (NBD's NO_HOLE), become same-filled zero pages;
+// neither costs store memory.
+func (d *Device) WriteZeroes(off, n uint64, noHole bool) error { return d.discard(off, n, noHole) }
+
+// Flush: every write is in memory when it is acknowledged, so there is
+// nothing to do.
+func (d *Device) Flush() error { return nil }
+
+// discard is Discard and WriteZeroes: with keep, whole pages become
+// same-filled zero pages instead of holes.
+func (d *Device) discard(off, n uint64, keep bool) error {
 	if n > uint64(^uint(0)>>1) {
 		d.stats.invalidIO.Add(1)
 		return fmt.Errorf("%w: discard length %d", ErrRange, n)
@@ -296,9 +307,9 @@ func (d *Device) modifyPage(page uint64, in int, p, scratch []byte) error {
 	return d.writePage(page, buf[:], scratch, true)
 }
 
-// tryReadPage reads one whole page into dst only if its lock is free at once
-// (inline.go); ok false means nothing was done.
-func (d *Device) tryReadPage(dst []byte, page uint64) (ok bool, err error) {
+// TryReadPage reads one whole page into dst only if its lock is free at once;
+// ok false means nothing was done (see Target).
+func (d *Device) TryReadPage(dst []byte, page uint64) (ok bool, err error) {
 	if !d.locks.tryLock(page) {
 		return false, nil
 	}
@@ -369,7 +380,7 @@ func (d *Device) writePageLocked(page uint64, src []byte) error {
 	return d.writePage(page, src, nil, true)
 }
 
-// errWouldWait: a write that must not wait (tryWritePage) needs store memory
+// errWouldWait: a write that must not wait (TryWritePage) needs store memory
 // the refiller has not prepared; nothing changed.
 var errWouldWait = errors.New("blockdev: write would wait for store memory")
 
@@ -451,10 +462,10 @@ func (d *Device) writePage(page uint64, src, scratch []byte, wait bool) error {
 	return nil
 }
 
-// tryWritePage stores one whole page only if that needs no waiting: its lock
-// is free at once and the store has memory ready (inline.go). ok false means
-// nothing was done. scratch is as for writePage.
-func (d *Device) tryWritePage(src []byte, page uint64, scratch []byte) (ok bool, err error) {
+// TryWritePage stores one whole page only if that needs no waiting: its lock
+// is free at once and the store has memory ready. ok false means nothing was
+// done (see Target). scratch is as for WriteAt.
+func (d *Device) TryWritePage(src []byte, page uint64, scratch []byte) (ok bool, err error) {
 	if !d.locks.tryLock(page) {
 		return false, nil
 	}
@@ -513,6 +524,6 @@ func (d *Device) forgetLocked(page uint64, freeObject bool) {
 	*s = slot{}
 }
 
-// CountInvalid records a request the server refused before it reached the
+// CountInvalid records a request a transport refused before it reached the
 // device (zram's invalid_io).
 func (d *Device) CountInvalid() { d.stats.invalidIO.Add(1) }

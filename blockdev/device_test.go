@@ -7,6 +7,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/uzram/uzram/blockdev/blocktest"
 	"github.com/uzram/uzram/streams"
 )
 
@@ -18,29 +19,6 @@ func newTestDevice(t testing.TB, size int64, algo string) *Device {
 	}
 	t.Cleanup(func() { d.Close() })
 	return d
-}
-
-// fillKind writes one of the data kinds a swap device sees into p.
-func fillKind(r *rand.Rand, p []byte, kind int) {
-	switch kind {
-	case 0: // zeros
-		clear(p)
-	case 1: // same-filled non-zero word
-		w := r.Uint64()
-		for i := 0; i+8 <= len(p); i += 8 {
-			for j := 0; j < 8; j++ {
-				p[i+j] = byte(w >> (8 * j))
-			}
-		}
-	case 2: // random: incompressible
-		for i := range p {
-			p[i] = byte(r.Uint32())
-		}
-	default: // compressible text-like runs
-		for i := range p {
-			p[i] = "uzram compresses pages "[(i/3+int(r.Uint32()%3))%23]
-		}
-	}
 }
 
 // TestDeviceModel runs random reads, writes, trims and write-zeroes of every
@@ -59,13 +37,13 @@ func TestDeviceModel(t *testing.T) {
 				n = min(n, size-int(off))
 				switch op := r.IntN(10); {
 				case op < 5:
-					fillKind(r, buf[:n], r.IntN(4))
-					if err := d.WriteAt(buf[:n], off); err != nil {
+					blocktest.Fill(r, buf[:n], r.IntN(4))
+					if err := d.WriteAt(buf[:n], off, nil); err != nil {
 						t.Fatalf("write %d@%d: %v", n, off, err)
 					}
 					copy(model[off:], buf[:n])
 				case op < 7:
-					if err := d.Discard(off, uint64(n), op == 6); err != nil {
+					if err := d.WriteZeroes(off, uint64(n), op == 6); err != nil {
 						t.Fatalf("discard %d@%d: %v", n, off, err)
 					}
 					clear(model[off : off+uint64(n)])
@@ -90,52 +68,23 @@ func TestDeviceModel(t *testing.T) {
 	}
 }
 
-// checkStatsConsistent recomputes the stats from the slot table.
-func checkStatsConsistent(t *testing.T, d *Device) {
+// checkStatsConsistent fails t unless the statistics agree with the slot
+// table.
+func checkStatsConsistent(t testing.TB, d *Device) {
 	t.Helper()
-	var stored, same, huge, compr, incompressible int64
-	var prioPages, prioBytes [len(Stats{}.PriorityPages)]int64
-	for i := range d.slots {
-		s := &d.slots[i]
-		switch {
-		case s.flags&slotSame != 0:
-			stored++
-			same++
-		case s.handle != 0:
-			stored++
-			compr += int64(s.size)
-			if s.flags&slotHuge != 0 {
-				huge++
-			}
-			if s.flags&slotIncompressible != 0 {
-				incompressible++
-			}
-			prio := d.slotPrio(s)
-			prioPages[prio]++
-			prioBytes[prio] += int64(s.size)
-		}
-	}
-	st := d.Stats()
-	if st.PagesStored != stored || st.SamePages != same || st.HugePages != huge || st.ComprDataSize != compr {
-		t.Fatalf("stats %+v disagree with the slot table: stored %d same %d huge %d compr %d", st, stored, same, huge, compr)
-	}
-	if st.IncompressiblePages != incompressible || st.PriorityPages != prioPages || st.PriorityBytes != prioBytes {
-		t.Fatalf("recompression stats disagree with the slot table: incompressible %d (slots %d), pages per priority %v (slots %v), bytes %v (slots %v)",
-			st.IncompressiblePages, incompressible, st.PriorityPages, prioPages, st.PriorityBytes, prioBytes)
-	}
-	if st.OrigDataSize != stored*PageSize {
-		t.Fatalf("orig_data_size %d, want %d", st.OrigDataSize, stored*PageSize)
+	if err := d.Verify(); err != nil {
+		t.Fatal(err)
 	}
 }
 
 func TestSameFilledAndHuge(t *testing.T) {
 	d := newTestDevice(t, 16*PageSize, "lz4")
 	page := make([]byte, PageSize)
-	if err := d.WriteAt(page, 0); err != nil { // zeros
+	if err := d.WriteAt(page, 0, nil); err != nil { // zeros
 		t.Fatal(err)
 	}
-	fillKind(rand.New(rand.NewPCG(3, 4)), page, 1)
-	if err := d.WriteAt(page, PageSize); err != nil {
+	blocktest.Fill(rand.New(rand.NewPCG(3, 4)), page, 1)
+	if err := d.WriteAt(page, PageSize, nil); err != nil {
 		t.Fatal(err)
 	}
 	st := d.Stats()
@@ -146,8 +95,8 @@ func TestSameFilledAndHuge(t *testing.T) {
 	if err := d.ReadAt(got, PageSize); err != nil || !bytes.Equal(got, page) {
 		t.Fatalf("same-filled page read back wrong (err %v)", err)
 	}
-	fillKind(rand.New(rand.NewPCG(5, 6)), page, 2)
-	if err := d.WriteAt(page, 2*PageSize); err != nil {
+	blocktest.Fill(rand.New(rand.NewPCG(5, 6)), page, 2)
+	if err := d.WriteAt(page, 2*PageSize, nil); err != nil {
 		t.Fatal(err)
 	}
 	st = d.Stats()
@@ -157,7 +106,7 @@ func TestSameFilledAndHuge(t *testing.T) {
 	if err := d.ReadAt(got, 2*PageSize); err != nil || !bytes.Equal(got, page) {
 		t.Fatalf("huge page read back wrong (err %v)", err)
 	}
-	if err := d.Discard(0, 3*PageSize, false); err != nil {
+	if err := d.Discard(0, 3*PageSize); err != nil {
 		t.Fatal(err)
 	}
 	st = d.Stats()
@@ -173,10 +122,10 @@ func TestRangeErrors(t *testing.T) {
 		if err := d.ReadAt(buf, off); !errors.Is(err, ErrRange) {
 			t.Errorf("read at %d: %v, want ErrRange", off, err)
 		}
-		if err := d.WriteAt(buf, off); !errors.Is(err, ErrRange) {
+		if err := d.WriteAt(buf, off, nil); !errors.Is(err, ErrRange) {
 			t.Errorf("write at %d: %v, want ErrRange", off, err)
 		}
-		if err := d.Discard(off, PageSize, false); !errors.Is(err, ErrRange) {
+		if err := d.Discard(off, PageSize); !errors.Is(err, ErrRange) {
 			t.Errorf("discard at %d: %v, want ErrRange", off, err)
 		}
 	}
@@ -221,7 +170,7 @@ func TestConcurrentPages(t *testing.T) {
 				for j := range sector {
 					sector[j] = v
 				}
-				if err := d.WriteAt(sector, off); err != nil {
+				if err := d.WriteAt(sector, off, nil); err != nil {
 					t.Error(err)
 					return
 				}
@@ -263,20 +212,20 @@ func TestSameFilledDetection(t *testing.T) {
 func TestPageOpsAllocateNothing(t *testing.T) {
 	d := newTestDevice(t, 256*PageSize, "lz4")
 	page := make([]byte, PageSize)
-	fillKind(rand.New(rand.NewPCG(7, 8)), page, 3)
+	blocktest.Fill(rand.New(rand.NewPCG(7, 8)), page, 3)
 	sub := make([]byte, SectorSize)
 	i := 0
 	allocs := testing.AllocsPerRun(500, func() {
 		off := uint64(i%256) * PageSize
 		i++
 		page[0] = byte(i)
-		if err := d.WriteAt(page, off); err != nil {
+		if err := d.WriteAt(page, off, nil); err != nil {
 			t.Fatal(err)
 		}
 		if err := d.ReadAt(page, off); err != nil {
 			t.Fatal(err)
 		}
-		if err := d.WriteAt(sub, off+SectorSize); err != nil {
+		if err := d.WriteAt(sub, off+SectorSize, nil); err != nil {
 			t.Fatal(err)
 		}
 		if err := d.ReadAt(sub, off+2*SectorSize); err != nil {
@@ -291,13 +240,13 @@ func TestPageOpsAllocateNothing(t *testing.T) {
 func BenchmarkWritePage(b *testing.B) {
 	d := newTestDevice(b, 1<<30, "lz4")
 	page := make([]byte, PageSize)
-	fillKind(rand.New(rand.NewPCG(7, 8)), page, 3)
+	blocktest.Fill(rand.New(rand.NewPCG(7, 8)), page, 3)
 	b.SetBytes(PageSize)
 	b.ReportAllocs()
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		page[0] = byte(i)
-		if err := d.WriteAt(page, uint64(i%(1<<18))*PageSize); err != nil {
+		if err := d.WriteAt(page, uint64(i%(1<<18))*PageSize, nil); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -308,8 +257,8 @@ func BenchmarkReadPage(b *testing.B) {
 	page := make([]byte, PageSize)
 	r := rand.New(rand.NewPCG(7, 8))
 	for p := 0; p < 1<<14; p++ {
-		fillKind(r, page, 3)
-		d.WriteAt(page, uint64(p)*PageSize)
+		blocktest.Fill(r, page, 3)
+		d.WriteAt(page, uint64(p)*PageSize, nil)
 	}
 	b.SetBytes(PageSize)
 	b.ReportAllocs()
@@ -340,7 +289,7 @@ func TestMemLimit(t *testing.T) {
 	}
 	var n uint64
 	for ; ; n++ {
-		err := d.WriteAt(page(n), n*PageSize)
+		err := d.WriteAt(page(n), n*PageSize, nil)
 		if errors.Is(err, ErrNoSpace) {
 			break
 		}
@@ -359,10 +308,10 @@ func TestMemLimit(t *testing.T) {
 	// A rewrite of page 0 with different data of the same compressibility
 	// lands in the same class (or a smaller one, which still fits).
 	p0 := page(1 << 40)
-	if err := d.WriteAt(p0, 0); err != nil {
+	if err := d.WriteAt(p0, 0, nil); err != nil {
 		t.Fatalf("same-class rewrite at the limit: %v", err)
 	}
-	if err := d.WriteAt(make([]byte, PageSize), n*PageSize); err != nil {
+	if err := d.WriteAt(make([]byte, PageSize), n*PageSize, nil); err != nil {
 		t.Fatalf("zero page at the limit: %v", err)
 	}
 	for i := uint64(0); i < n; i++ {
@@ -374,10 +323,10 @@ func TestMemLimit(t *testing.T) {
 			t.Fatalf("page %d lost at the limit (err %v)", i, err)
 		}
 	}
-	if err := d.Discard(0, n*PageSize, false); err != nil {
+	if err := d.Discard(0, n*PageSize); err != nil {
 		t.Fatal(err)
 	}
-	if err := d.WriteAt(page(n), n*PageSize); err != nil {
+	if err := d.WriteAt(page(n), n*PageSize, nil); err != nil {
 		t.Fatalf("write after discarding everything: %v", err)
 	}
 	checkStatsConsistent(t, d)

@@ -1,4 +1,6 @@
-// Package blockdev is uzram's block device and its NBD server.
+// Package blockdev is uzram's block device: the compressed RAM disk itself,
+// which its transports (blockdev/nbd, blockdev/ublk) serve through the
+// Target interface (target.go).
 //
 // The device keeps one 16-byte slot per 4 KiB page (slot.go); a page is
 // either empty, same-filled (every 8-byte word equal: the word is kept in the
@@ -10,12 +12,9 @@
 // requests on different pages almost never meet, and requests on the same
 // page are always serialised.
 //
-// The NBD server (server.go, handshake.go, transmit.go) is our own rather
-// than go-nbd's: go-nbd v0.3.2 serves one request at a time, sends a READ's
-// success header before reading the data, drops the connection on any backend
-// error and knows no FLUSH, TRIM or WRITE_ZEROES, all of which a swap device
-// needs. We keep go-nbd's protocol constants. The transmission phase is one
-// reader per connection feeding a bounded set of workers; each reply is
-// written whole (header and payload in one write) as soon as its request is
-// done, in any order, which is what the Linux nbd driver expects.
+// Files: device.go (page reads and writes), slot.go (the table and page
+// locks), comp.go (the compressors pages point at), fill.go (same-filled
+// pages), recompress.go (zram's recompress), export.go (raw page export and
+// import for takeover and the state file), knobs.go and stats.go (zram's
+// sysfs knobs and stat files).
 package blockdev

@@ -107,7 +107,7 @@ func newRecompDevice(t testing.TB, pages int, primary string, secondary ...strin
 func writePages(t testing.TB, d *Device, pages [][]byte) {
 	t.Helper()
 	for i, p := range pages {
-		if err := d.WriteAt(p, uint64(i)*PageSize); err != nil {
+		if err := d.WriteAt(p, uint64(i)*PageSize, nil); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -223,7 +223,7 @@ func TestRecompressIdleMixed(t *testing.T) {
 	// A rewrite clears the incompressible flag.
 	for i, k := range kinds {
 		if k == kindRandom {
-			if err := d.WriteAt(pages[i], uint64(i)*PageSize); err != nil {
+			if err := d.WriteAt(pages[i], uint64(i)*PageSize, nil); err != nil {
 				t.Fatal(err)
 			}
 			if s := slotOf(d, i); s.flags&slotIncompressible != 0 {
@@ -391,7 +391,7 @@ func TestRecompressPriority(t *testing.T) {
 	// Pool references balance: once every page is gone, switching the
 	// secondaries releases their old pools.
 	released := d.CompressorsReleased()
-	if err := d.Discard(0, n*PageSize, false); err != nil {
+	if err := d.Discard(0, n*PageSize); err != nil {
 		t.Fatal(err)
 	}
 	for prio, algo := range []string{"deflate", "deflate"} {
@@ -448,13 +448,13 @@ func TestRecompressConcurrentIO(t *testing.T) {
 				switch op := r.IntN(10); {
 				case op < 3:
 					src := pages[r.IntN(n)]
-					if err := d.WriteAt(src, uint64(p)*PageSize); err != nil {
+					if err := d.WriteAt(src, uint64(p)*PageSize, nil); err != nil {
 						errc <- err
 						return
 					}
 					model[p] = src
 				case op < 4:
-					if err := d.Discard(uint64(p)*PageSize, PageSize, false); err != nil {
+					if err := d.Discard(uint64(p)*PageSize, PageSize); err != nil {
 						errc <- err
 						return
 					}

@@ -5,6 +5,7 @@ import (
 	"sync"
 	"unsafe"
 
+	"github.com/uzram/uzram/swapsafe"
 	"golang.org/x/sys/unix"
 )
 
@@ -66,7 +67,7 @@ func newSlotTable(n uint64, populate bool) (*slotTable, error) {
 	// (populate_vma_page_range): the table would fault page by page on the
 	// write path. Touching every page faults it in (and locks it) now.
 	if populate {
-		prefault(mem)
+		swapsafe.Prefault(mem)
 	}
 	return &slotTable{mem: mem, slots: unsafe.Slice((*slot)(unsafe.Pointer(&mem[0])), n)}, nil
 }

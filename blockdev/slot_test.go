@@ -68,7 +68,7 @@ func TestTableOnDemand(t *testing.T) {
 	got := make([]byte, PageSize)
 	// One page written at each end: two table pages (256 slots each).
 	for _, off := range []uint64{0, size - PageSize} {
-		if err := d.WriteAt(page, off); err != nil {
+		if err := d.WriteAt(page, off, nil); err != nil {
 			t.Fatal(err)
 		}
 	}

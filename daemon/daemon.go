@@ -28,6 +28,7 @@ import (
 	"time"
 
 	"github.com/uzram/uzram/blockdev"
+	"github.com/uzram/uzram/blockdev/nbd"
 	"github.com/uzram/uzram/control"
 	"github.com/uzram/uzram/recompress"
 	"github.com/uzram/uzram/sizes"
@@ -53,7 +54,7 @@ type Config struct {
 	ControlOptional bool
 	Metrics         string // Prometheus listen address; "" for none
 	Swapsafe        swapsafe.Options
-	Server          blockdev.ServerOptions
+	Server          nbd.ServerOptions
 	Stdout          io.Writer // stats go here
 	Logger          *slog.Logger
 	// Ready, if set, is called once the sockets accept connections.
@@ -99,7 +100,7 @@ func ControlPathFor(socket string) string {
 type Daemon struct {
 	cfg     Config
 	log     *slog.Logger
-	srv     *blockdev.Server
+	srv     *nbd.Server
 	metrics *Metrics
 	heap    *heapReturn // prefault.go
 
@@ -178,7 +179,7 @@ func Run(ctx context.Context, cfg Config) error {
 	heap := &heapReturn{}
 	cfg.Server.ConnEnded = func() { heap.connEnded.Store(true) }
 	d := &Daemon{
-		cfg: cfg, log: log, srv: blockdev.NewServer(cfg.Server), metrics: metrics, heap: heap,
+		cfg: cfg, log: log, srv: nbd.NewServer(cfg.Server), metrics: metrics, heap: heap,
 		devs: map[string]*entry{}, fatal: make(chan error, 1), handoverReq: make(chan *net.UnixConn, 1),
 	}
 	defer d.closeAll()
@@ -679,7 +680,7 @@ func (d *Daemon) unlink(name string) (*entry, error) {
 	if err != nil {
 		return nil, err
 	}
-	if _, err := d.srv.RemoveExport(name); err != nil {
+	if err := d.srv.RemoveExport(name); err != nil {
 		n := d.srv.Attached(e.dev)
 		where := fmt.Sprintf("%d NBD connection(s)", n)
 		if nbd := findNBD(e.nbd, name, d.socketsLocked()); nbd != "" {

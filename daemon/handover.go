@@ -11,7 +11,7 @@ package daemon
 //	new: POST /v1/handover on the control socket, saying what it was
 //	     started for (the same flags as the old one)
 //	old: stops its control API, stops every connection at a request
-//	     boundary with its replies sent (blockdev.Server.Handover), saves
+//	     boundary with its replies sent (nbd.Server.Handover), saves
 //	     each device's store into a memfd (package state's format), and
 //	     sends an 8-byte header ("UZHO" and the manifest's length) carrying
 //	     the sockets and memfds (SCM_RIGHTS), then the manifest (JSON)
@@ -41,6 +41,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/uzram/uzram/blockdev"
+	"github.com/uzram/uzram/blockdev/nbd"
 	"github.com/uzram/uzram/control"
 	"github.com/uzram/uzram/state"
 	"github.com/uzram/uzram/zcomp"
@@ -443,12 +444,12 @@ func (t *takeover) split() (devs []takenDevice, tcp net.Listener, err error) {
 }
 
 // adopt serves the handed connections on srv.
-func (t *takeover) adopt(srv *blockdev.Server) (n int, err error) {
+func (t *takeover) adopt(srv *nbd.Server) (n int, err error) {
 	first := len(t.files) - len(t.m.Conns)
 	for i, c := range t.m.Conns {
 		f := t.files[first+i]
 		t.files[first+i] = nil
-		if e := srv.Adopt(blockdev.HandedConn{File: f, Export: c.Export, TFlags: c.TFlags, Leftover: c.Leftover}); e != nil {
+		if e := srv.Adopt(nbd.HandedConn{File: f, Export: c.Export, TFlags: c.TFlags, Leftover: c.Leftover}); e != nil {
 			err = errors.Join(err, e)
 			continue
 		}

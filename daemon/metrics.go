@@ -76,7 +76,7 @@ type Metrics struct {
 func NewMetrics() *Metrics { return &Metrics{hists: map[string]*histogram{}} }
 
 // Observe records that a cmd request took d. It is the latency hook the
-// NBD server calls (blockdev.ServerOptions.Observe).
+// NBD server calls (nbd.ServerOptions.Observe).
 func (m *Metrics) Observe(cmd string, d time.Duration) {
 	m.observing.Store(true)
 	m.mu.RLock()

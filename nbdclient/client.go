@@ -15,55 +15,15 @@ import (
 	"net"
 	"sync"
 	"time"
-)
 
-// Wire constants (doc/proto.md).
-const (
-	CmdRead        = 0
-	CmdWrite       = 1
-	CmdDisc        = 2
-	CmdFlush       = 3
-	CmdTrim        = 4
-	CmdWriteZeroes = 6
-
-	FlagFUA    = 1 << 0
-	FlagNoHole = 1 << 1
-
-	RequestMagic = 0x25609513
-	replyMagic   = 0x67446698
-
-	optMagic      = 0x49484156454F5054
-	optReplyMagic = 0x3e889045565a9
-	optGo         = 7
-	repAck        = 1
-	repInfo       = 3
-	infoExport    = 0
-	infoBlockSize = 3
+	"github.com/uzram/uzram/blockdev/nbd/proto"
 )
 
 // Error is an NBD error reply.
 type Error struct{ Code uint32 }
 
 func (e *Error) Error() string {
-	return fmt.Sprintf("nbd: server replied error %d (%s)", e.Code, errName(e.Code))
-}
-
-func errName(c uint32) string {
-	switch c {
-	case 1:
-		return "EPERM"
-	case 5:
-		return "EIO"
-	case 12:
-		return "ENOMEM"
-	case 22:
-		return "EINVAL"
-	case 28:
-		return "ENOSPC"
-	case 108:
-		return "ESHUTDOWN"
-	}
-	return "unknown"
+	return fmt.Sprintf("nbd: server replied error %d (%s)", e.Code, proto.ErrName(e.Code))
 }
 
 // Code returns the NBD error code in err, or 0 if it is not an NBD error.
@@ -121,7 +81,7 @@ func Handshake(nc net.Conn, export string) (*Client, error) {
 	if _, err := io.ReadFull(br, hello[:]); err != nil {
 		return nil, fmt.Errorf("nbd: read greeting: %w", err)
 	}
-	if binary.BigEndian.Uint64(hello[8:]) != optMagic {
+	if binary.BigEndian.Uint64(hello[8:]) != proto.OptMagic {
 		return nil, errors.New("nbd: server is not fixed-newstyle")
 	}
 	if _, err := nc.Write([]byte{0, 0, 0, 3}); err != nil { // FIXED_NEWSTYLE | NO_ZEROES
@@ -133,7 +93,7 @@ func Handshake(nc net.Conn, export string) (*Client, error) {
 // SendOption writes one handshake option.
 func SendOption(w io.Writer, opt uint32, data []byte) error {
 	b := make([]byte, 16+len(data))
-	binary.BigEndian.PutUint64(b, optMagic)
+	binary.BigEndian.PutUint64(b, proto.OptMagic)
 	binary.BigEndian.PutUint32(b[8:], opt)
 	binary.BigEndian.PutUint32(b[12:], uint32(len(data)))
 	copy(b[16:], data)
@@ -149,7 +109,7 @@ func ReadOptionReply(r io.Reader) (uint32, []byte, error) {
 	if _, err := io.ReadFull(r, h[:]); err != nil {
 		return 0, nil, fmt.Errorf("nbd: read option reply: %w", err)
 	}
-	if binary.BigEndian.Uint64(h[:]) != optReplyMagic {
+	if binary.BigEndian.Uint64(h[:]) != proto.OptReplyMagic {
 		return 0, nil, errors.New("nbd: bad option reply magic")
 	}
 	n := binary.BigEndian.Uint32(h[16:])
@@ -170,7 +130,7 @@ func (c *Client) readReplies(br *bufio.Reader) {
 		if _, err = io.ReadFull(br, h[:]); err != nil {
 			break
 		}
-		if binary.BigEndian.Uint32(h[:]) != replyMagic {
+		if binary.BigEndian.Uint32(h[:]) != proto.ReplyMagic {
 			err = errors.New("nbd: bad reply magic")
 			break
 		}
@@ -214,7 +174,7 @@ func (c *Client) readReplies(br *bufio.Reader) {
 // so tests can send requests a well-behaved client never would.
 func (c *Client) Do(typ, flags uint16, off uint64, length uint32, buf []byte) error {
 	p := &pending{done: make(chan error, 1)}
-	if typ == CmdRead {
+	if typ == proto.CmdRead {
 		p.buf = buf
 	}
 	c.mu.Lock()
@@ -227,13 +187,13 @@ func (c *Client) Do(typ, flags uint16, off uint64, length uint32, buf []byte) er
 	c.pend[handle] = p
 	c.mu.Unlock()
 	hdr := make([]byte, 28, 28+len(buf))
-	binary.BigEndian.PutUint32(hdr, RequestMagic)
+	binary.BigEndian.PutUint32(hdr, proto.RequestMagic)
 	binary.BigEndian.PutUint16(hdr[4:], flags)
 	binary.BigEndian.PutUint16(hdr[6:], typ)
 	binary.BigEndian.PutUint64(hdr[8:], handle)
 	binary.BigEndian.PutUint64(hdr[16:], off)
 	binary.BigEndian.PutUint32(hdr[24:], length)
-	if typ == CmdWrite {
+	if typ == proto.CmdWrite {
 		hdr = append(hdr, buf...)
 	}
 	c.wmu.Lock()
@@ -250,28 +210,28 @@ func (c *Client) Do(typ, flags uint16, off uint64, length uint32, buf []byte) er
 
 // ReadAt reads len(p) bytes at off.
 func (c *Client) ReadAt(p []byte, off uint64) error {
-	return c.Do(CmdRead, 0, off, uint32(len(p)), p)
+	return c.Do(proto.CmdRead, 0, off, uint32(len(p)), p)
 }
 
 // WriteAt writes p at off.
 func (c *Client) WriteAt(p []byte, off uint64) error {
-	return c.Do(CmdWrite, 0, off, uint32(len(p)), p)
+	return c.Do(proto.CmdWrite, 0, off, uint32(len(p)), p)
 }
 
 // Trim discards n bytes at off.
-func (c *Client) Trim(off uint64, n uint32) error { return c.Do(CmdTrim, 0, off, n, nil) }
+func (c *Client) Trim(off uint64, n uint32) error { return c.Do(proto.CmdTrim, 0, off, n, nil) }
 
 // WriteZeroes zeroes n bytes at off; noHole asks the server to keep them allocated.
 func (c *Client) WriteZeroes(off uint64, n uint32, noHole bool) error {
 	var f uint16
 	if noHole {
-		f = FlagNoHole
+		f = proto.CmdFlagNoHole
 	}
-	return c.Do(CmdWriteZeroes, f, off, n, nil)
+	return c.Do(proto.CmdWriteZeroes, f, off, n, nil)
 }
 
 // Flush asks the server to make completed writes durable.
-func (c *Client) Flush() error { return c.Do(CmdFlush, 0, 0, 0, nil) }
+func (c *Client) Flush() error { return c.Do(proto.CmdFlush, 0, 0, 0, nil) }
 
 // SendRaw writes bytes straight to the socket (for malformed-request tests).
 func (c *Client) SendRaw(b []byte) error {
@@ -287,8 +247,8 @@ func (c *Client) Closed() <-chan struct{} { return c.closed }
 // Close sends NBD_CMD_DISC and closes the connection.
 func (c *Client) Close() error {
 	var hdr [28]byte
-	binary.BigEndian.PutUint32(hdr[:], RequestMagic)
-	binary.BigEndian.PutUint16(hdr[6:], CmdDisc)
+	binary.BigEndian.PutUint32(hdr[:], proto.RequestMagic)
+	binary.BigEndian.PutUint16(hdr[6:], proto.CmdDisc)
 	c.wmu.Lock()
 	c.nc.Write(hdr[:])
 	c.wmu.Unlock()

@@ -9,9 +9,9 @@ import (
 	"io"
 	"net"
 	"time"
-)
 
-const optStartTLS = 5
+	"github.com/uzram/uzram/blockdev/nbd/proto"
+)
 
 // DialTLS connects to an NBD server, upgrades the connection with
 // NBD_OPT_STARTTLS and opens export over TLS.
@@ -43,20 +43,20 @@ func StartTLS(nc net.Conn, cfg *tls.Config) (*tls.Conn, error) {
 	if _, err := io.ReadFull(nc, hello[:]); err != nil {
 		return nil, fmt.Errorf("nbd: read greeting: %w", err)
 	}
-	if binary.BigEndian.Uint64(hello[8:]) != optMagic {
+	if binary.BigEndian.Uint64(hello[8:]) != proto.OptMagic {
 		return nil, errors.New("nbd: server is not fixed-newstyle")
 	}
 	if _, err := nc.Write([]byte{0, 0, 0, 3}); err != nil {
 		return nil, fmt.Errorf("nbd: send flags: %w", err)
 	}
-	if err := SendOption(nc, optStartTLS, nil); err != nil {
+	if err := SendOption(nc, proto.OptStartTLS, nil); err != nil {
 		return nil, err
 	}
 	typ, payload, err := ReadOptionReply(nc)
 	if err != nil {
 		return nil, err
 	}
-	if typ != repAck {
+	if typ != proto.RepAck {
 		return nil, fmt.Errorf("nbd: STARTTLS refused: reply %#x: %s", typ, payload)
 	}
 	tc := tls.Client(nc, cfg)
@@ -77,8 +77,8 @@ func handshakeGo(nc net.Conn, br *bufio.Reader, export string) (*Client, error) 
 	binary.BigEndian.PutUint32(data, uint32(len(export)))
 	copy(data[4:], export)
 	binary.BigEndian.PutUint16(data[4+len(export):], 1)
-	binary.BigEndian.PutUint16(data[6+len(export):], infoBlockSize)
-	if err := SendOption(nc, optGo, data); err != nil {
+	binary.BigEndian.PutUint16(data[6+len(export):], proto.InfoBlockSize)
+	if err := SendOption(nc, proto.OptGo, data); err != nil {
 		return nil, err
 	}
 	c := &Client{nc: nc, pend: map[uint64]*pending{}, closed: make(chan struct{})}
@@ -88,13 +88,13 @@ func handshakeGo(nc net.Conn, br *bufio.Reader, export string) (*Client, error) 
 			return nil, err
 		}
 		switch {
-		case typ == repAck:
+		case typ == proto.RepAck:
 			go c.readReplies(br)
 			return c, nil
-		case typ == repInfo && len(payload) >= 12 && binary.BigEndian.Uint16(payload) == infoExport:
+		case typ == proto.RepInfo && len(payload) >= 12 && binary.BigEndian.Uint16(payload) == proto.InfoExport:
 			c.Export.Size = binary.BigEndian.Uint64(payload[2:])
 			c.Export.Flags = binary.BigEndian.Uint16(payload[10:])
-		case typ == repInfo && len(payload) >= 14 && binary.BigEndian.Uint16(payload) == infoBlockSize:
+		case typ == proto.RepInfo && len(payload) >= 14 && binary.BigEndian.Uint16(payload) == proto.InfoBlockSize:
 			c.Export.MinBlock = binary.BigEndian.Uint32(payload[2:])
 			c.Export.PrefBlock = binary.BigEndian.Uint32(payload[6:])
 			c.Export.MaxBlock = binary.BigEndian.Uint32(payload[10:])

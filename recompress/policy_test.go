@@ -60,7 +60,7 @@ func testDevice(t *testing.T, pages int) (*blockdev.Device, [][]byte) {
 			b.WriteByte(' ')
 		}
 		data[i] = b.Bytes()[:blockdev.PageSize]
-		if err := d.WriteAt(data[i], uint64(i)*blockdev.PageSize); err != nil {
+		if err := d.WriteAt(data[i], uint64(i)*blockdev.PageSize, nil); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -33,7 +33,7 @@ func fill(t testing.TB, d *blockdev.Device) []byte {
 	model := make([]byte, testSize)
 	r := rand.New(rand.NewPCG(7, 9))
 	write := func(page int, data []byte) {
-		if err := d.WriteAt(data, uint64(page)*blockdev.PageSize); err != nil {
+		if err := d.WriteAt(data, uint64(page)*blockdev.PageSize, nil); err != nil {
 			t.Fatal(err)
 		}
 		copy(model[page*blockdev.PageSize:], data)
@@ -65,11 +65,11 @@ func fill(t testing.TB, d *blockdev.Device) []byte {
 		write(r.IntN(testSize/blockdev.PageSize), page)
 	}
 	// A sub-page write (read-modify-write) and a hole punched by TRIM.
-	if err := d.WriteAt([]byte("tail"), testSize-4); err != nil {
+	if err := d.WriteAt([]byte("tail"), testSize-4, nil); err != nil {
 		t.Fatal(err)
 	}
 	copy(model[testSize-4:], "tail")
-	if err := d.Discard(8*blockdev.PageSize, 4*blockdev.PageSize, false); err != nil {
+	if err := d.Discard(8*blockdev.PageSize, 4*blockdev.PageSize); err != nil {
 		t.Fatal(err)
 	}
 	clear(model[8*blockdev.PageSize : 12*blockdev.PageSize])
@@ -233,7 +233,7 @@ func TestLoadRefusesWrongDevice(t *testing.T) {
 		t.Fatal("loaded into a device of another name")
 	}
 	full := newDev(t, "dev", "lz4")
-	full.WriteAt(make([]byte, 4096), 0)
+	full.WriteAt(make([]byte, 4096), 0, nil)
 	if _, err := Load(bytes.NewReader(file), full); err == nil {
 		t.Fatal("loaded into a device that holds data")
 	}

@@ -138,3 +138,20 @@ func (tf ThreadFlags) Describe() string {
 	}
 	return b.String()
 }
+
+// Prefault touches every page of b so it is backed by memory now. A swap
+// device's server must not take a page fault on fresh memory while serving
+// a request: the kernel may be out of memory and waiting for that very
+// request to swap pages out. Go's make() of a large buffer returns fresh OS
+// pages without touching them, so the first read(2) into it would fault
+// inside the kernel's copy. The request path's buffers are therefore touched
+// when they are made, while memory is still plentiful; under mlockall they
+// then stay put.
+func Prefault(b []byte) {
+	for i := 0; i < len(b); i += 4096 {
+		b[i] = 0
+	}
+	if len(b) > 0 {
+		b[len(b)-1] = 0
+	}
+}

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/uzram/uzram/blockdev/nbd/proto"
 	"github.com/uzram/uzram/nbdclient"
 )
 
@@ -177,14 +178,14 @@ func TestErrorReplies(t *testing.T) {
 		buf        []byte
 		want       uint32
 	}{
-		{"read past end", nbdclient.CmdRead, 0, 1 << 20, 512, make([]byte, 512), 22},
-		{"write past end", nbdclient.CmdWrite, 0, 1<<20 - 256, 512, make([]byte, 512), 22},
-		{"overflowing offset", nbdclient.CmdRead, 0, ^uint64(0) - 100, 4096, make([]byte, 4096), 22},
-		{"trim past end", nbdclient.CmdTrim, 0, 0, 2 << 20, nil, 22},
+		{"read past end", proto.CmdRead, 0, 1 << 20, 512, make([]byte, 512), 22},
+		{"write past end", proto.CmdWrite, 0, 1<<20 - 256, 512, make([]byte, 512), 22},
+		{"overflowing offset", proto.CmdRead, 0, ^uint64(0) - 100, 4096, make([]byte, 4096), 22},
+		{"trim past end", proto.CmdTrim, 0, 0, 2 << 20, nil, 22},
 		{"unknown command", 42, 0, 0, 4096, nil, 22},
 		{"cache (not advertised)", 5, 0, 0, 4096, nil, 22},
-		{"unknown flag", nbdclient.CmdRead, 1 << 12, 0, 512, make([]byte, 512), 22},
-		{"flush with length", nbdclient.CmdFlush, 0, 0, 10, nil, 22},
+		{"unknown flag", proto.CmdRead, 1 << 12, 0, 512, make([]byte, 512), 22},
+		{"flush with length", proto.CmdFlush, 0, 0, 10, nil, 22},
 	}
 	for _, b := range bad {
 		err := c.Do(b.typ, b.flags, b.off, b.length, b.buf)
@@ -212,8 +213,8 @@ func TestBrokenStreamClosesOnlyThatConnection(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, hdr := range [][]byte{
-		rawHeader(0xdeadbeef, nbdclient.CmdRead, 0, 512),
-		rawHeader(nbdclient.RequestMagic, nbdclient.CmdWrite, 0, 64<<20),
+		rawHeader(0xdeadbeef, proto.CmdRead, 0, 512),
+		rawHeader(proto.RequestMagic, proto.CmdWrite, 0, 64<<20),
 	} {
 		bad := dial(t, s)
 		if err := bad.SendRaw(hdr); err != nil {

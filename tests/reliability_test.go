@@ -25,6 +25,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/uzram/uzram/blockdev/nbd/proto"
 	"github.com/uzram/uzram/nbdclient"
 )
 
@@ -73,7 +74,7 @@ func rawConn(t *testing.T, s *server) net.Conn {
 }
 
 func request(flags, typ uint16, handle, off uint64, n uint32) []byte {
-	b := rawHeader(nbdclient.RequestMagic, typ, off, n)
+	b := rawHeader(proto.RequestMagic, typ, off, n)
 	b[4], b[5] = byte(flags>>8), byte(flags)
 	for i := 0; i < 8; i++ {
 		b[8+i] = byte(handle >> (56 - 8*i))
@@ -101,16 +102,16 @@ func TestHostileClients(t *testing.T) {
 
 	t.Run("disconnect mid WRITE payload", func(t *testing.T) {
 		nc := rawConn(t, s)
-		nc.Write(request(0, nbdclient.CmdWrite, 1, 4096, 64<<10))
+		nc.Write(request(0, proto.CmdWrite, 1, 4096, 64<<10))
 		nc.Write(make([]byte, 10000)) // zeros over "keep", cut short
 		nc.Close()
 		check()
 	})
 	t.Run("header then stall", func(t *testing.T) {
 		stalled := rawConn(t, s)
-		stalled.Write(request(0, nbdclient.CmdWrite, 1, 0, 1<<20)[:20])
+		stalled.Write(request(0, proto.CmdWrite, 1, 0, 1<<20)[:20])
 		stalled2 := rawConn(t, s)
-		stalled2.Write(request(0, nbdclient.CmdWrite, 1, 0, 1<<20))
+		stalled2.Write(request(0, proto.CmdWrite, 1, 0, 1<<20))
 		stalled2.Write(make([]byte, 4096))
 		// Others are served at once while these two hang mid-request.
 		start := time.Now()
@@ -135,17 +136,17 @@ func TestHostileClients(t *testing.T) {
 			{"unknown type", request(0, 77, 10, 0, 4096), 0, 22},
 			{"CACHE not advertised", request(0, 5, 11, 0, 4096), 0, 22},
 			{"BLOCK_STATUS not negotiated", request(0, 7, 12, 0, 4096), 0, 22},
-			{"unknown flag on READ", request(1<<7, nbdclient.CmdRead, 13, 0, 4096), 0, 22},
-			{"NO_HOLE on WRITE", request(nbdclient.FlagNoHole, nbdclient.CmdWrite, 14, 0, 512), 512, 22},
-			{"DF flag (no structured replies)", request(1<<2, nbdclient.CmdRead, 15, 0, 512), 0, 22},
-			{"READ past the end", request(0, nbdclient.CmdRead, 16, 16<<20, 512), 0, 22},
-			{"WRITE straddling the end", request(0, nbdclient.CmdWrite, 17, 16<<20-512, 1024), 1024, 22},
-			{"offset overflow", request(0, nbdclient.CmdWrite, 18, ^uint64(0)-511, 1024), 1024, 22},
-			{"TRIM overflow", request(0, nbdclient.CmdTrim, 19, 1<<63, 1<<31), 0, 22},
-			{"WRITE_ZEROES past the end", request(0, nbdclient.CmdWriteZeroes, 20, 0, 32<<20), 0, 22},
-			{"READ over 32 MiB", request(0, nbdclient.CmdRead, 21, 0, 32<<20+1), 0, 22},
-			{"FLUSH with offset", request(0, nbdclient.CmdFlush, 22, 4096, 0), 0, 22},
-			{"zero-length READ", request(0, nbdclient.CmdRead, 23, 0, 0), 0, 0},
+			{"unknown flag on READ", request(1<<7, proto.CmdRead, 13, 0, 4096), 0, 22},
+			{"NO_HOLE on WRITE", request(proto.CmdFlagNoHole, proto.CmdWrite, 14, 0, 512), 512, 22},
+			{"DF flag (no structured replies)", request(1<<2, proto.CmdRead, 15, 0, 512), 0, 22},
+			{"READ past the end", request(0, proto.CmdRead, 16, 16<<20, 512), 0, 22},
+			{"WRITE straddling the end", request(0, proto.CmdWrite, 17, 16<<20-512, 1024), 1024, 22},
+			{"offset overflow", request(0, proto.CmdWrite, 18, ^uint64(0)-511, 1024), 1024, 22},
+			{"TRIM overflow", request(0, proto.CmdTrim, 19, 1<<63, 1<<31), 0, 22},
+			{"WRITE_ZEROES past the end", request(0, proto.CmdWriteZeroes, 20, 0, 32<<20), 0, 22},
+			{"READ over 32 MiB", request(0, proto.CmdRead, 21, 0, 32<<20+1), 0, 22},
+			{"FLUSH with offset", request(0, proto.CmdFlush, 22, 4096, 0), 0, 22},
+			{"zero-length READ", request(0, proto.CmdRead, 23, 0, 0), 0, 0},
 		}
 		for _, b := range bad {
 			nc.Write(append(b.req, make([]byte, b.payload)...))
@@ -162,8 +163,8 @@ func TestHostileClients(t *testing.T) {
 		check()
 		// Fields that put the stream out of sync end only that connection.
 		for _, hdr := range [][]byte{
-			rawHeader(0x25609514, nbdclient.CmdRead, 0, 512),                 // magic
-			rawHeader(nbdclient.RequestMagic, nbdclient.CmdWrite, 0, 33<<20), // WRITE length
+			rawHeader(0x25609514, proto.CmdRead, 0, 512),             // magic
+			rawHeader(proto.RequestMagic, proto.CmdWrite, 0, 33<<20), // WRITE length
 		} {
 			nc := rawConn(t, s)
 			nc.Write(hdr)

@@ -54,7 +54,7 @@ func main() {
 	flag.IntVar(&o.runs, "runs", 3, "interleaved runs per job and target")
 	flag.IntVar(&o.runtime, "runtime", 0, "seconds per fio run (default 2 with --quick, else 3)")
 	flag.IntVar(&o.ramp, "ramp", 1, "fio ramp seconds per run")
-	flag.StringVar(&o.goPkgs, "go-pkgs", "./blockdev ./zcomp ./streams ./pagestore", "packages for --go")
+	flag.StringVar(&o.goPkgs, "go-pkgs", "./blockdev ./blockdev/nbd ./zcomp ./streams ./pagestore", "packages for --go")
 	flag.StringVar(&o.goBenchtime, "go-benchtime", "1s", "-benchtime for --go")
 	flag.StringVar(&o.targets, "targets", "", "only these targets, comma-separated: uzram-lz4-percpu, uzram-lz4-pool, uzram-zstd-percpu, uzramB-lz4-percpu, nbdkit-null, nbdkit-sparse, nbdkit-zstd (default all)")
 	flag.StringVar(&o.jobs, "jobs", "", "only jobs whose name contains one of these, comma-separated, e.g. \"randwrite QD32,randread QD1\"")

@@ -102,7 +102,7 @@ func measure(data []byte, name, secondary string) (string, error) {
 	}
 	defer d.Close()
 	for off := 0; off < len(data); off += page {
-		if err := d.WriteAt(data[off:off+page], uint64(off)); err != nil {
+		if err := d.WriteAt(data[off:off+page], uint64(off), nil); err != nil {
 			return "", err
 		}
 	}

@@ -1,4 +1,4 @@
-package blockdev
+package nbd
 
 import (
 	"context"
@@ -11,6 +11,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/uzram/uzram/blockdev"
 	"github.com/uzram/uzram/nbdclient"
 	"github.com/uzram/uzram/streams"
 )
@@ -21,7 +22,7 @@ import (
 // twice in a way the model would see, and every connection must arrive.
 func TestHandoverUnderLoad(t *testing.T) {
 	const conns, inflight, region, handovers = 2, 64, 1 << 20, 6
-	d, err := New(Config{Name: "ho", Size: conns * region, StreamMode: streams.DefaultMode})
+	d, err := blockdev.New(blockdev.Config{Name: "ho", Size: conns * region, StreamMode: streams.DefaultMode})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -83,7 +84,7 @@ func TestHandoverUnderLoad(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := c.ReadAt(make([]byte, PageSize), 0); err != nil {
+	if err := c.ReadAt(make([]byte, blockdev.PageSize), 0); err != nil {
 		t.Error(err)
 	}
 	c.Close()
@@ -92,7 +93,9 @@ func TestHandoverUnderLoad(t *testing.T) {
 	if err := srv.Shutdown(ctx); err != nil {
 		t.Error(err)
 	}
-	checkStatsConsistent(t, d)
+	if err := d.Verify(); err != nil {
+		t.Fatal(err)
+	}
 	d.Close()
 }
 

@@ -1,4 +1,4 @@
-package blockdev
+package nbd
 
 import (
 	"bytes"
@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/uzram/uzram/blockdev"
+	"github.com/uzram/uzram/blockdev/nbd/proto"
 	"github.com/uzram/uzram/streams"
 )
 
@@ -16,7 +18,7 @@ import (
 // replies (800 KiB), so the reader's non-blocking writev hits EAGAIN and a
 // worker finishes the send. Every reply must arrive, once, with its data.
 func TestInlineRepliesOverflowSocket(t *testing.T) {
-	d, err := New(Config{Name: "x", Size: 4 << 20, StreamMode: streams.DefaultMode})
+	d, err := blockdev.New(blockdev.Config{Name: "x", Size: 4 << 20, StreamMode: streams.DefaultMode})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -28,18 +30,18 @@ func TestInlineRepliesOverflowSocket(t *testing.T) {
 	defer nc.Close()
 	negotiate(t, nc, "x")
 	page := func(i int) []byte {
-		p := bytes.Repeat([]byte{byte(i), byte(i >> 8), 1, 2}, PageSize/8)
-		return append(p, make([]byte, PageSize/2)...) // compressible, not same-filled
+		p := bytes.Repeat([]byte{byte(i), byte(i >> 8), 1, 2}, blockdev.PageSize/8)
+		return append(p, make([]byte, blockdev.PageSize/2)...) // compressible, not same-filled
 	}
 	const n = 200
-	var req [requestHeaderSize]byte
+	var req [proto.RequestHeaderSize]byte
 	send := func(typ uint16, handle uint64, i int, payload []byte) {
-		binary.BigEndian.PutUint32(req[0:], requestMagic)
+		binary.BigEndian.PutUint32(req[0:], proto.RequestMagic)
 		binary.BigEndian.PutUint16(req[4:], 0)
 		binary.BigEndian.PutUint16(req[6:], typ)
 		binary.BigEndian.PutUint64(req[8:], handle)
-		binary.BigEndian.PutUint64(req[16:], uint64(i)*PageSize)
-		binary.BigEndian.PutUint32(req[24:], PageSize)
+		binary.BigEndian.PutUint64(req[16:], uint64(i)*blockdev.PageSize)
+		binary.BigEndian.PutUint32(req[24:], blockdev.PageSize)
 		if _, err := nc.Write(append(req[:], payload...)); err != nil {
 			t.Fatal(err)
 		}
@@ -47,7 +49,7 @@ func TestInlineRepliesOverflowSocket(t *testing.T) {
 	readReplies := func(typ uint16, count int) {
 		seen := map[uint64]bool{}
 		for range count {
-			var h [replyHeaderSize]byte
+			var h [proto.ReplyHeaderSize]byte
 			if _, err := io.ReadFull(nc, h[:]); err != nil {
 				t.Fatal(err)
 			}
@@ -59,8 +61,8 @@ func TestInlineRepliesOverflowSocket(t *testing.T) {
 				t.Fatalf("unexpected handle %d", handle)
 			}
 			seen[handle] = true
-			if typ == cmdRead {
-				got := make([]byte, PageSize)
+			if typ == proto.CmdRead {
+				got := make([]byte, blockdev.PageSize)
 				if _, err := io.ReadFull(nc, got); err != nil {
 					t.Fatal(err)
 				}
@@ -72,12 +74,12 @@ func TestInlineRepliesOverflowSocket(t *testing.T) {
 	}
 	nc.SetDeadline(time.Now().Add(30 * time.Second))
 	for i := range n {
-		send(cmdWrite, uint64(i), i, page(i))
+		send(proto.CmdWrite, uint64(i), i, page(i))
 	}
-	readReplies(cmdWrite, n)
+	readReplies(proto.CmdWrite, n)
 	for i := range n {
-		send(cmdRead, uint64(i), i, nil)
+		send(proto.CmdRead, uint64(i), i, nil)
 	}
 	time.Sleep(100 * time.Millisecond) // let the replies pile up unread
-	readReplies(cmdRead, n)
+	readReplies(proto.CmdRead, n)
 }

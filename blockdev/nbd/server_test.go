@@ -1,4 +1,4 @@
-package blockdev
+package nbd
 
 import (
 	"bytes"
@@ -10,9 +10,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/uzram/uzram/blockdev"
+	"github.com/uzram/uzram/blockdev/blocktest"
 	"github.com/uzram/uzram/nbdclient"
 	"github.com/uzram/uzram/streams"
-	"github.com/uzram/uzram/zcomp"
 )
 
 // startTestServer serves d on a unix socket in this process, so -race sees
@@ -20,9 +21,9 @@ import (
 // d: replies reach clients over a socket, which the race detector does not
 // count as synchronisation, so only the server's own drain orders its last
 // page access before Close.
-func startTestServer(t *testing.T, d *Device) string { return startTestServerTB(t, d) }
+func startTestServer(t *testing.T, d *blockdev.Device) string { return startTestServerTB(t, d) }
 
-func startTestServerTB(t testing.TB, d *Device) string {
+func startTestServerTB(t testing.TB, d *blockdev.Device) string {
 	t.Helper()
 	sock := filepath.Join(t.TempDir(), "s.sock")
 	l, err := net.Listen("unix", sock)
@@ -50,7 +51,7 @@ func startTestServerTB(t testing.TB, d *Device) string {
 // device, with verification of every read. Run it under -race.
 func TestStressConnections(t *testing.T) {
 	const conns, inflight, region = 4, 128, 2 << 20
-	d, err := New(Config{Name: "stress", Size: conns * region, StreamMode: streams.DefaultMode})
+	d, err := blockdev.New(blockdev.Config{Name: "stress", Size: conns * region, StreamMode: streams.DefaultMode})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -60,7 +61,9 @@ func TestStressConnections(t *testing.T) {
 		ops = 800
 	}
 	stressClients(t, sock, "stress", conns, region, inflight, ops)()
-	checkStatsConsistent(t, d)
+	if err := d.Verify(); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // stressClients runs stressConn on conns connections to export, each on its
@@ -96,7 +99,7 @@ func stressConn(t *testing.T, c *nbdclient.Client, ci, region, inflight, ops int
 		go func() {
 			defer func() { <-sem; wg.Done() }()
 			r := rand.New(rand.NewPCG(uint64(ci), uint64(i)))
-			page := uint64(r.IntN(region / PageSize))
+			page := uint64(r.IntN(region / blockdev.PageSize))
 			mu.Lock()
 			if busy[page] { // one request per page at a time keeps the model exact
 				mu.Unlock()
@@ -105,14 +108,14 @@ func stressConn(t *testing.T, c *nbdclient.Client, ci, region, inflight, ops int
 			busy[page] = true
 			mu.Unlock()
 			defer func() { mu.Lock(); delete(busy, page); mu.Unlock() }()
-			off := page * PageSize
-			in := uint64(r.IntN(8)) * SectorSize
-			n := uint64(1+r.IntN(8)) * SectorSize
-			n = min(n, PageSize-in)
+			off := page * blockdev.PageSize
+			in := uint64(r.IntN(8)) * blockdev.SectorSize
+			n := uint64(1+r.IntN(8)) * blockdev.SectorSize
+			n = min(n, blockdev.PageSize-in)
 			switch r.IntN(4) {
 			case 0, 1:
 				buf := make([]byte, n)
-				fillKind(r, buf, r.IntN(4))
+				blocktest.Fill(r, buf, r.IntN(4))
 				if err := c.WriteAt(buf, base+off+in); err != nil {
 					t.Error(err)
 					return
@@ -121,21 +124,21 @@ func stressConn(t *testing.T, c *nbdclient.Client, ci, region, inflight, ops int
 				copy(model[off+in:], buf)
 				mu.Unlock()
 			case 2:
-				if err := c.Trim(base+off, PageSize); err != nil {
+				if err := c.Trim(base+off, blockdev.PageSize); err != nil {
 					t.Error(err)
 					return
 				}
 				mu.Lock()
-				clear(model[off : off+PageSize])
+				clear(model[off : off+blockdev.PageSize])
 				mu.Unlock()
 			default:
-				got := make([]byte, PageSize)
+				got := make([]byte, blockdev.PageSize)
 				if err := c.ReadAt(got, base+off); err != nil {
 					t.Error(err)
 					return
 				}
 				mu.Lock()
-				ok := bytes.Equal(got, model[off:off+PageSize])
+				ok := bytes.Equal(got, model[off:off+blockdev.PageSize])
 				mu.Unlock()
 				if !ok {
 					t.Errorf("conn %d page %d: read differs from the model", ci, page)
@@ -151,92 +154,5 @@ func stressConn(t *testing.T, c *nbdclient.Client, ci, region, inflight, ops int
 	}
 	if !bytes.Equal(got, model) {
 		t.Errorf("conn %d: region differs from the model at the end", ci)
-	}
-}
-
-// TestAlgorithmSwitchUnderLoad switches the primary algorithm while clients
-// write and verify through NBD; old pages keep reading through the pool that
-// compressed them, and that pool is destroyed once its last page is gone.
-func TestAlgorithmSwitchUnderLoad(t *testing.T) {
-	const size = 4 << 20
-	d, err := New(Config{Name: "sw", Size: size, StreamMode: streams.DefaultMode})
-	if err != nil {
-		t.Fatal(err)
-	}
-	sock := startTestServer(t, d) // closes d after the server drains
-	const writers = 4
-	region := size / writers
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	for w := 0; w < writers; w++ {
-		c, err := nbdclient.Dial("unix", sock, "sw")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			r := rand.New(rand.NewPCG(uint64(w), 5))
-			model := make([]byte, region)
-			base := uint64(w * region)
-			got := make([]byte, PageSize)
-			for i := 0; ; i++ {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				off := uint64(r.IntN(region/PageSize)) * PageSize
-				if i%3 == 2 {
-					if err := c.ReadAt(got, base+off); err != nil {
-						t.Error(err)
-						return
-					}
-					if !bytes.Equal(got, model[off:off+PageSize]) {
-						t.Errorf("writer %d: page at %d differs after a switch", w, off)
-						return
-					}
-					continue
-				}
-				fillKind(r, model[off:off+PageSize], 3)
-				if err := c.WriteAt(model[off:off+PageSize], base+off); err != nil {
-					t.Error(err)
-					return
-				}
-			}
-		}()
-	}
-	for _, algo := range []string{"zstd", "deflate", "lz4hc", "lz4"} {
-		time.Sleep(150 * time.Millisecond)
-		if err := d.SetAlgorithm(algo, zcomp.Params{}, ""); err != nil {
-			t.Fatal(err)
-		}
-	}
-	time.Sleep(150 * time.Millisecond)
-	close(stop)
-	wg.Wait()
-	if n := len(d.Compressors()); n < 2 {
-		t.Logf("only %d compressor(s) hold pages after four switches", n)
-	}
-	// Rewrite every page with the current algorithm: the old pools lose
-	// their last pages and must be destroyed.
-	buf := make([]byte, size)
-	if err := d.ReadAt(buf, 0); err != nil {
-		t.Fatal(err)
-	}
-	d.Discard(0, size, false)
-	if err := d.WriteAt(buf, 0); err != nil {
-		t.Fatal(err)
-	}
-	if got := d.Compressors(); len(got) != 1 || got[0].Algorithm != "lz4" || !got[0].Current {
-		t.Fatalf("after rewriting everything, compressors are %+v, want only the current lz4", got)
-	}
-	if r := d.CompressorsReleased(); r != 4 {
-		t.Fatalf("%d old pools destroyed, want 4", r)
-	}
-	check := make([]byte, size)
-	if err := d.ReadAt(check, 0); err != nil || !bytes.Equal(check, buf) {
-		t.Fatalf("data changed across the switches (err %v)", err)
 	}
 }

@@ -1,4 +1,4 @@
-package blockdev
+package nbd
 
 // Fuzz targets for the NBD server: the bytes a client sends during the
 // handshake, and streams of well-formed and malformed requests. Plain
@@ -17,6 +17,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/uzram/uzram/blockdev"
+	"github.com/uzram/uzram/blockdev/nbd/proto"
 	"github.com/uzram/uzram/streams"
 )
 
@@ -24,12 +26,12 @@ import (
 // building them per input would make fuzzing crawl.
 type fuzzServer struct {
 	srv *Server
-	dev *Device
+	dev *blockdev.Device
 }
 
 func newFuzzServer(tb testing.TB, opts ServerOptions, size int64) *fuzzServer {
 	tb.Helper()
-	d, err := New(Config{Name: "fz", Size: size, StreamMode: streams.DefaultMode, Streams: 2})
+	d, err := blockdev.New(blockdev.Config{Name: "fz", Size: size, StreamMode: streams.DefaultMode, Streams: 2})
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -73,21 +75,21 @@ func FuzzHandshake(f *testing.F) {
 		}
 		return b
 	}
-	go_ := fzOption(optGo, fzInfoData("fz", infoName, infoBlockSize))
+	go_ := fzOption(proto.OptGo, fzInfoData("fz", proto.InfoName, proto.InfoBlockSize))
 	for _, seed := range [][]byte{
 		hs(go_),
-		hs(fzOption(optList, nil), fzOption(optInfo, fzInfoData("fz")), go_),
-		hs(fzOption(optExportName, []byte("fz"))),
-		hs(fzOption(optExportName, []byte("nope"))),
-		hs(fzOption(optStructuredReply, nil), fzOption(99, []byte("x")), fzOption(optAbort, nil)),
-		hs(fzOption(optInfo, []byte{0, 0, 0, 50, 1}), fzOption(optGo, fzInfoData("missing"))),
-		hs(fzOption(optStartTLS, nil), []byte{0x16, 3, 1, 0, 5, 1, 2, 3, 4, 5}),
-		hs(fzOption(optStartTLS, []byte{1})),
-		hs(fzOption(optList, []byte("junk"))),
+		hs(fzOption(proto.OptList, nil), fzOption(proto.OptInfo, fzInfoData("fz")), go_),
+		hs(fzOption(proto.OptExportName, []byte("fz"))),
+		hs(fzOption(proto.OptExportName, []byte("nope"))),
+		hs(fzOption(proto.OptStructuredReply, nil), fzOption(99, []byte("x")), fzOption(proto.OptAbort, nil)),
+		hs(fzOption(proto.OptInfo, []byte{0, 0, 0, 50, 1}), fzOption(proto.OptGo, fzInfoData("missing"))),
+		hs(fzOption(proto.OptStartTLS, nil), []byte{0x16, 3, 1, 0, 5, 1, 2, 3, 4, 5}),
+		hs(fzOption(proto.OptStartTLS, []byte{1})),
+		hs(fzOption(proto.OptList, []byte("junk"))),
 		{0, 0, 0, 1}, // no NO_ZEROES: EXPORT_NAME's reply is padded
 		{0, 0, 0, 0xff},
 		hs([]byte("IHAVEOPX")),
-		hs(go_, fzRequest(requestMagic, 0, cmdWrite, 1, 0, 8), []byte("payload!")),
+		hs(go_, fzRequest(proto.RequestMagic, 0, proto.CmdWrite, 1, 0, 8), []byte("payload!")),
 	} {
 		for policy := byte(0); policy < 3; policy++ {
 			f.Add(append([]byte{policy}, seed...))
@@ -125,11 +127,11 @@ func FuzzHandshake(f *testing.F) {
 // EXPORT_NAME reply, TLS records after a STARTTLS ACK, transmission replies).
 func checkHandshakeOutput(t *testing.T, b []byte) {
 	t.Helper()
-	if len(b) < 18 || binary.BigEndian.Uint64(b) != nbdMagic || binary.BigEndian.Uint64(b[8:]) != optMagic {
+	if len(b) < 18 || binary.BigEndian.Uint64(b) != proto.NBDMagic || binary.BigEndian.Uint64(b[8:]) != proto.OptMagic {
 		t.Fatalf("bad greeting %x", b[:min(len(b), 18)])
 	}
 	b = b[18:]
-	for len(b) >= 8 && binary.BigEndian.Uint64(b) == optReplyMagic {
+	for len(b) >= 8 && binary.BigEndian.Uint64(b) == proto.OptReplyMagic {
 		if len(b) < 20 {
 			t.Fatalf("truncated option reply header %x", b)
 		}
@@ -138,7 +140,7 @@ func checkHandshakeOutput(t *testing.T, b []byte) {
 			t.Fatalf("option reply claims %d bytes, %d follow", n, len(b)-20)
 		}
 		typ := binary.BigEndian.Uint32(b[12:])
-		if typ&(1<<31) == 0 && typ != repAck && typ != repServer && typ != repInfo {
+		if typ&(1<<31) == 0 && typ != proto.RepAck && typ != proto.RepServer && typ != proto.RepInfo {
 			t.Fatalf("unexpected option reply type %#x", typ)
 		}
 		b = b[20+n:]
@@ -169,7 +171,7 @@ func FuzzRequestStream(f *testing.F) {
 	})
 }
 
-const fuzzDevSize = 64 * PageSize
+const fuzzDevSize = 64 * blockdev.PageSize
 
 // fzOp is one decoded request. Malformed ones get an error reply (or, for
 // breakers, end the connection); well-formed ones succeed.
@@ -197,7 +199,7 @@ func decodeOps(in []byte) []fzOp {
 		in = in[n:]
 		return b
 	}
-	const sectors = fuzzDevSize / SectorSize
+	const sectors = fuzzDevSize / blockdev.SectorSize
 	for len(ops) < 200 {
 		sel := take(1)
 		if sel == nil {
@@ -212,66 +214,66 @@ func decodeOps(in []byte) []fzOp {
 		if f == nil {
 			break
 		}
-		off := uint64(binary.BigEndian.Uint16(f)%sectors) * SectorSize
+		off := uint64(binary.BigEndian.Uint16(f)%sectors) * blockdev.SectorSize
 		if sel[0]&0x80 != 0 {
-			off += uint64(f[3]) % SectorSize
+			off += uint64(f[3]) % blockdev.SectorSize
 		}
-		length := uint32(f[2]%16+1) * SectorSize
+		length := uint32(f[2]%16+1) * blockdev.SectorSize
 		if sel[0]&0x40 != 0 {
 			length = uint32(f[2]) + 1 // any byte count
 		}
 		length = uint32(min(uint64(length), fuzzDevSize-off))
-		op := fzOp{off: off, length: length, magic: requestMagic}
+		op := fzOp{off: off, length: length, magic: proto.RequestMagic}
 		switch kind {
 		case 0:
-			op.typ = cmdRead
+			op.typ = proto.CmdRead
 		case 1, 5:
-			op.typ, op.payload = cmdWrite, fzPayload(int(length), f[3])
+			op.typ, op.payload = proto.CmdWrite, fzPayload(int(length), f[3])
 			if kind == 5 {
-				op.flags = cmdFlagFUA
+				op.flags = proto.CmdFlagFUA
 			}
 		case 2:
-			op.typ = cmdTrim
+			op.typ = proto.CmdTrim
 		case 3:
-			op.typ = cmdWriteZeroes
+			op.typ = proto.CmdWriteZeroes
 			if sel[0]&0x20 != 0 {
-				op.flags = cmdFlagNoHole
+				op.flags = proto.CmdFlagNoHole
 			}
 		case 4:
-			op.typ, op.off, op.length = cmdFlush, 0, 0
+			op.typ, op.off, op.length = proto.CmdFlush, 0, 0
 		case 7: // unknown or unadvertised command
 			op.typ, op.malformed = uint16(f[0]), true
 			switch op.typ {
-			case cmdRead, cmdWrite, cmdDisc, cmdFlush, cmdTrim, cmdWriteZeroes:
+			case proto.CmdRead, proto.CmdWrite, proto.CmdDisc, proto.CmdFlush, proto.CmdTrim, proto.CmdWriteZeroes:
 				op.typ = 42
 			}
 		case 8: // flag bits no command takes
-			op.typ, op.flags, op.malformed = cmdRead, 1<<(2+f[3]%14), true
+			op.typ, op.flags, op.malformed = proto.CmdRead, 1<<(2+f[3]%14), true
 		case 9: // past the end, or an offset that overflows
-			op.typ, op.malformed = []uint16{cmdRead, cmdWrite, cmdTrim, cmdWriteZeroes}[f[3]%4], true
+			op.typ, op.malformed = []uint16{proto.CmdRead, proto.CmdWrite, proto.CmdTrim, proto.CmdWriteZeroes}[f[3]%4], true
 			op.off = fuzzDevSize - uint64(f[1]%8)
 			if f[3]&0x10 != 0 {
 				op.off = ^uint64(0) - uint64(f[1])
 			}
 			op.length = uint32(f[2]) + 9
-			if op.typ == cmdWrite {
+			if op.typ == proto.CmdWrite {
 				op.payload = fzPayload(int(op.length), f[3])
 			}
 		case 10: // FLUSH with a range
-			op.typ, op.off, op.length, op.malformed = cmdFlush, uint64(f[0]), uint32(f[1])+1, true
+			op.typ, op.off, op.length, op.malformed = proto.CmdFlush, uint64(f[0]), uint32(f[1])+1, true
 		case 11: // the stream breaks: bad magic or a WRITE too large to read past
 			op.breaker = true
 			if f[3]&1 == 0 {
 				op.magic = 0x25609514
 			} else {
-				op.typ, op.length = cmdWrite, MaxRequestSize+1+uint32(f[2])
+				op.typ, op.length = proto.CmdWrite, proto.MaxRequestSize+1+uint32(f[2])
 			}
 			ops = append(ops, op)
 			return ops
 		case 12: // WRITE_ZEROES with FUA and NO_HOLE
-			op.typ, op.flags = cmdWriteZeroes, cmdFlagFUA|cmdFlagNoHole
+			op.typ, op.flags = proto.CmdWriteZeroes, proto.CmdFlagFUA|proto.CmdFlagNoHole
 		default: // READ with FUA (allowed)
-			op.typ, op.flags = cmdRead, cmdFlagFUA
+			op.typ, op.flags = proto.CmdRead, proto.CmdFlagFUA
 		}
 		ops = append(ops, op)
 	}
@@ -301,7 +303,7 @@ func fzPayload(n int, seed byte) []byte {
 }
 
 func fzRequest(magic uint32, flags, typ uint16, handle, off uint64, n uint32) []byte {
-	b := make([]byte, requestHeaderSize)
+	b := make([]byte, proto.RequestHeaderSize)
 	binary.BigEndian.PutUint32(b, magic)
 	binary.BigEndian.PutUint16(b[4:], flags)
 	binary.BigEndian.PutUint16(b[6:], typ)
@@ -313,7 +315,7 @@ func fzRequest(magic uint32, flags, typ uint16, handle, off uint64, n uint32) []
 
 func fzOption(opt uint32, data []byte) []byte {
 	b := make([]byte, 16, 16+len(data))
-	binary.BigEndian.PutUint64(b, optMagic)
+	binary.BigEndian.PutUint64(b, proto.OptMagic)
 	binary.BigEndian.PutUint32(b[8:], opt)
 	binary.BigEndian.PutUint32(b[12:], uint32(len(data)))
 	return append(b, data...)
@@ -359,13 +361,13 @@ func runStream(t *testing.T, fs *fuzzServer, ops []fzOp) {
 	readErr := make(chan error, 1)
 	go func() {
 		for {
-			var h [replyHeaderSize]byte
+			var h [proto.ReplyHeaderSize]byte
 			if _, err := io.ReadFull(br, h[:]); err != nil {
 				readErr <- err
 				close(replies)
 				return
 			}
-			if m := binary.BigEndian.Uint32(h[:]); m != replyMagic {
+			if m := binary.BigEndian.Uint32(h[:]); m != proto.ReplyMagic {
 				readErr <- fmt.Errorf("bad reply magic %#x", m)
 				close(replies)
 				return
@@ -423,7 +425,7 @@ func runStream(t *testing.T, fs *fuzzServer, ops []fzOp) {
 		if op.length == 0 || op.malformed {
 			return 1, 0 // empty range
 		}
-		return op.off / PageSize, (op.off + uint64(op.length) - 1) / PageSize
+		return op.off / blockdev.PageSize, (op.off + uint64(op.length) - 1) / blockdev.PageSize
 	}
 	for _, op := range ops {
 		if op.barrier {
@@ -442,7 +444,7 @@ func runStream(t *testing.T, fs *fuzzServer, ops []fzOp) {
 			return
 		}
 		first, last := pages(op)
-		mutates := op.typ == cmdWrite || op.typ == cmdTrim || op.typ == cmdWriteZeroes
+		mutates := op.typ == proto.CmdWrite || op.typ == proto.CmdTrim || op.typ == proto.CmdWriteZeroes
 		for p := first; p <= last; p++ {
 			if written[p] || mutates && readPages[p] {
 				collect()
@@ -454,11 +456,11 @@ func runStream(t *testing.T, fs *fuzzServer, ops []fzOp) {
 		if !op.malformed {
 			end := op.off + uint64(op.length)
 			switch op.typ {
-			case cmdRead:
+			case proto.CmdRead:
 				s.expect = bytes.Clone(model[op.off:end])
-			case cmdWrite:
+			case proto.CmdWrite:
 				copy(model[op.off:end], op.payload)
-			case cmdTrim, cmdWriteZeroes:
+			case proto.CmdTrim, proto.CmdWriteZeroes:
 				clear(model[op.off:end])
 			}
 			for p := first; p <= last; p++ {
@@ -470,7 +472,7 @@ func runStream(t *testing.T, fs *fuzzServer, ops []fzOp) {
 			}
 		}
 		inflight[next] = s
-		if op.typ == cmdRead {
+		if op.typ == proto.CmdRead {
 			mu.Lock()
 			readLen[next] = int(op.length)
 			mu.Unlock()
@@ -481,7 +483,7 @@ func runStream(t *testing.T, fs *fuzzServer, ops []fzOp) {
 		}
 	}
 	collect()
-	client.Write(fzRequest(requestMagic, 0, cmdDisc, 0, 0, 0))
+	client.Write(fzRequest(proto.RequestMagic, 0, proto.CmdDisc, 0, 0, 0))
 	got := make([]byte, fuzzDevSize)
 	// DISC ends the connection once its requests are answered; the device
 	// is then read directly.
@@ -516,7 +518,7 @@ func fzNegotiate(nc net.Conn, br io.Reader) error {
 		return fmt.Errorf("greeting: %w", err)
 	}
 	// The empty name is the default export, whatever the server calls it.
-	if _, err := nc.Write(append([]byte{0, 0, 0, 3}, fzOption(optGo, fzInfoData(""))...)); err != nil {
+	if _, err := nc.Write(append([]byte{0, 0, 0, 3}, fzOption(proto.OptGo, fzInfoData(""))...)); err != nil {
 		return err
 	}
 	for {
@@ -528,7 +530,7 @@ func fzNegotiate(nc net.Conn, br io.Reader) error {
 			return err
 		}
 		switch typ := binary.BigEndian.Uint32(h[12:]); {
-		case typ == repAck:
+		case typ == proto.RepAck:
 			return nil
 		case typ&(1<<31) != 0:
 			return errors.New("GO refused")

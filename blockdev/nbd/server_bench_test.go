@@ -1,4 +1,4 @@
-package blockdev
+package nbd
 
 import (
 	"encoding/binary"
@@ -7,6 +7,8 @@ import (
 	"net"
 	"testing"
 
+	"github.com/uzram/uzram/blockdev"
+	"github.com/uzram/uzram/blockdev/nbd/proto"
 	"github.com/uzram/uzram/streams"
 )
 
@@ -14,7 +16,7 @@ import (
 // with a client that allocates nothing, so -benchmem's allocs/op is the
 // server's own per-request allocation.
 func benchNBD(b *testing.B, typ uint16, depth int) {
-	d, err := New(Config{Name: "b", Size: 256 << 20, StreamMode: streams.DefaultMode})
+	d, err := blockdev.New(blockdev.Config{Name: "b", Size: 256 << 20, StreamMode: streams.DefaultMode})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -25,7 +27,7 @@ func benchNBD(b *testing.B, typ uint16, depth int) {
 	}
 	defer nc.Close()
 	negotiate(b, nc, "b")
-	const pages = 256 << 20 / PageSize
+	const pages = 256 << 20 / blockdev.PageSize
 	// 64 requests with pages of fio-like "50% compressible" data whose
 	// compressed sizes vary, so overwrites move objects between size
 	// classes as real traffic does.
@@ -33,20 +35,20 @@ func benchNBD(b *testing.B, typ uint16, depth int) {
 	reqs := make([][]byte, variants)
 	r := rand.New(rand.NewPCG(1, 2))
 	for v := range reqs {
-		req := make([]byte, requestHeaderSize+PageSize)
-		page := req[requestHeaderSize:]
+		req := make([]byte, proto.RequestHeaderSize+blockdev.PageSize)
+		page := req[proto.RequestHeaderSize:]
 		for i := range page {
 			page[i] = byte(r.Uint32())
 		}
-		clear(page[:PageSize/4+r.IntN(PageSize/2)])
-		binary.BigEndian.PutUint32(req, requestMagic)
+		clear(page[:blockdev.PageSize/4+r.IntN(blockdev.PageSize/2)])
+		binary.BigEndian.PutUint32(req, proto.RequestMagic)
 		binary.BigEndian.PutUint16(req[6:], typ)
-		binary.BigEndian.PutUint32(req[24:], PageSize)
+		binary.BigEndian.PutUint32(req[24:], blockdev.PageSize)
 		reqs[v] = req
 	}
-	replyLen := replyHeaderSize
-	if typ == cmdRead {
-		replyLen += PageSize
+	replyLen := proto.ReplyHeaderSize
+	if typ == proto.CmdRead {
+		replyLen += blockdev.PageSize
 	}
 	tokens := make(chan struct{}, depth)
 	done := make(chan error, 1)
@@ -67,24 +69,24 @@ func benchNBD(b *testing.B, typ uint16, depth int) {
 	}()
 	for i := 0; i < pages; i++ { // fill, so reads decompress and writes overwrite
 		req := reqs[i%variants]
-		binary.BigEndian.PutUint16(req[6:], cmdWrite)
-		if err := d.WriteAt(req[requestHeaderSize:], uint64(i)*PageSize); err != nil {
+		binary.BigEndian.PutUint16(req[6:], proto.CmdWrite)
+		if err := d.WriteAt(req[proto.RequestHeaderSize:], uint64(i)*blockdev.PageSize, nil); err != nil {
 			b.Fatal(err)
 		}
 		binary.BigEndian.PutUint16(req[6:], typ)
 	}
-	b.SetBytes(PageSize)
+	b.SetBytes(blockdev.PageSize)
 	b.ReportAllocs()
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		tokens <- struct{}{}
 		req := reqs[i%variants]
 		wire := req
-		if typ != cmdWrite {
-			wire = req[:requestHeaderSize]
+		if typ != proto.CmdWrite {
+			wire = req[:proto.RequestHeaderSize]
 		}
 		binary.BigEndian.PutUint64(req[8:], uint64(i))
-		binary.BigEndian.PutUint64(req[16:], uint64(i*7919%pages)*PageSize)
+		binary.BigEndian.PutUint64(req[16:], uint64(i*7919%pages)*blockdev.PageSize)
 		if _, err := nc.Write(wire); err != nil {
 			b.Fatal(err)
 		}
@@ -100,9 +102,9 @@ func negotiate(tb testing.TB, nc net.Conn, name string) {
 		tb.Fatal(err)
 	}
 	msg := make([]byte, 4+16+4+len(name)+2)
-	binary.BigEndian.PutUint32(msg, clientFixedNewstyle|clientNoZeroes)
-	binary.BigEndian.PutUint64(msg[4:], optMagic)
-	binary.BigEndian.PutUint32(msg[12:], optGo)
+	binary.BigEndian.PutUint32(msg, proto.ClientFixedNewstyle|proto.ClientNoZeroes)
+	binary.BigEndian.PutUint64(msg[4:], proto.OptMagic)
+	binary.BigEndian.PutUint32(msg[12:], proto.OptGo)
 	binary.BigEndian.PutUint32(msg[16:], uint32(4+len(name)+2))
 	binary.BigEndian.PutUint32(msg[20:], uint32(len(name)))
 	copy(msg[24:], name)
@@ -117,7 +119,7 @@ func negotiate(tb testing.TB, nc net.Conn, name string) {
 		data := make([]byte, binary.BigEndian.Uint32(h[16:]))
 		io.ReadFull(nc, data)
 		switch typ := binary.BigEndian.Uint32(h[12:]); {
-		case typ == repAck:
+		case typ == proto.RepAck:
 			return
 		case typ&(1<<31) != 0:
 			tb.Fatalf("GO refused: %s", data)
@@ -125,6 +127,6 @@ func negotiate(tb testing.TB, nc net.Conn, name string) {
 	}
 }
 
-func BenchmarkNBDWrite4kQD32(b *testing.B) { benchNBD(b, cmdWrite, 32) }
-func BenchmarkNBDRead4kQD32(b *testing.B)  { benchNBD(b, cmdRead, 32) }
-func BenchmarkNBDWrite4kQD1(b *testing.B)  { benchNBD(b, cmdWrite, 1) }
+func BenchmarkNBDWrite4kQD32(b *testing.B) { benchNBD(b, proto.CmdWrite, 32) }
+func BenchmarkNBDRead4kQD32(b *testing.B)  { benchNBD(b, proto.CmdRead, 32) }
+func BenchmarkNBDWrite4kQD1(b *testing.B)  { benchNBD(b, proto.CmdWrite, 1) }

@@ -1,4 +1,4 @@
-package blockdev
+package nbd
 
 // TLS for NBD: NBD_OPT_STARTTLS during the handshake upgrades the socket to
 // crypto/tls, as nbd-client, qemu-nbd and libnbd expect. TLS is offered when
@@ -11,30 +11,29 @@ import (
 	"errors"
 	"fmt"
 	"os"
-)
 
-// repErrTLSReqd answers options sent before STARTTLS on a TLS-only server.
-const repErrTLSReqd = uint32(5 | 1<<31)
+	"github.com/uzram/uzram/blockdev/nbd/proto"
+)
 
 // LoadTLSConfig builds a server TLS configuration from PEM files. With a CA
 // file, clients must present a certificate it signed.
 func LoadTLSConfig(certFile, keyFile, caFile string) (*tls.Config, error) {
 	if certFile == "" || keyFile == "" {
-		return nil, errors.New("blockdev: tls: a certificate and its key are both needed")
+		return nil, errors.New("nbd: tls: a certificate and its key are both needed")
 	}
 	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
 	if err != nil {
-		return nil, fmt.Errorf("blockdev: tls: load %s and %s: %w", certFile, keyFile, err)
+		return nil, fmt.Errorf("nbd: tls: load %s and %s: %w", certFile, keyFile, err)
 	}
 	cfg := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	if caFile != "" {
 		pem, err := os.ReadFile(caFile)
 		if err != nil {
-			return nil, fmt.Errorf("blockdev: tls: client CA: %w", err)
+			return nil, fmt.Errorf("nbd: tls: client CA: %w", err)
 		}
 		pool := x509.NewCertPool()
 		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("blockdev: tls: no PEM certificate in %s", caFile)
+			return nil, fmt.Errorf("nbd: tls: no PEM certificate in %s", caFile)
 		}
 		cfg.ClientCAs = pool
 		cfg.ClientAuth = tls.RequireAndVerifyClientCert
@@ -55,23 +54,23 @@ func (c *conn) startTLS(opt, n uint32) error {
 	cfg := c.srv.opts.TLS
 	switch {
 	case cfg == nil:
-		return c.optReply(opt, repErrUnsup, []byte("TLS is not configured on this server"))
+		return c.optReply(opt, proto.RepErrUnsup, []byte("TLS is not configured on this server"))
 	case c.tls:
-		return c.optReply(opt, repErrInvalid, []byte("TLS is already started"))
+		return c.optReply(opt, proto.RepErrInvalid, []byte("TLS is already started"))
 	case n != 0:
-		return c.optReply(opt, repErrInvalid, []byte("NBD_OPT_STARTTLS takes no data"))
+		return c.optReply(opt, proto.RepErrInvalid, []byte("NBD_OPT_STARTTLS takes no data"))
 	}
-	if err := c.optReply(opt, repAck, nil); err != nil {
+	if err := c.optReply(opt, proto.RepAck, nil); err != nil {
 		return err
 	}
 	if c.br.Buffered() > 0 {
 		// Plaintext sent before our ACK would be read as if it came over
 		// TLS (the STARTTLS injection attack): refuse the connection.
-		return errors.New("blockdev: nbd: client sent data after STARTTLS before the TLS handshake")
+		return errors.New("nbd: client sent data after STARTTLS before the TLS handshake")
 	}
 	tc := tls.Server(c.raw, cfg)
 	if err := tc.Handshake(); err != nil {
-		return fmt.Errorf("blockdev: nbd: TLS handshake: %w", err)
+		return fmt.Errorf("nbd: TLS handshake: %w", err)
 	}
 	c.nc, c.br, c.tls = tc, bufio.NewReaderSize(tc, handshakeBuffer), true
 	return nil

@@ -1,4 +1,4 @@
-package blockdev
+package nbd
 
 import (
 	"bytes"
@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/uzram/uzram/blockdev"
+	"github.com/uzram/uzram/blockdev/nbd/proto"
 	"github.com/uzram/uzram/nbdclient"
 	"github.com/uzram/uzram/streams"
 )
@@ -72,9 +74,9 @@ func TestBudgetFIFO(t *testing.T) {
 	}
 }
 
-func limitsServer(t *testing.T, opts ServerOptions) (*Server, *Device, string) {
+func limitsServer(t *testing.T, opts ServerOptions) (*Server, *blockdev.Device, string) {
 	t.Helper()
-	d, err := New(Config{Name: "lim", Size: 64 << 20, StreamMode: streams.DefaultMode})
+	d, err := blockdev.New(blockdev.Config{Name: "lim", Size: 64 << 20, StreamMode: streams.DefaultMode})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -139,7 +141,7 @@ func TestBudgetBackpressure(t *testing.T) {
 		go func() {
 			defer senders.Done()
 			for i := uint64(0); i < 200; i++ { // 200 MiB asked for
-				if _, err := nc.Write(fzRequest(requestMagic, 0, cmdRead, i, i%64*mib, mib)); err != nil {
+				if _, err := nc.Write(fzRequest(proto.RequestMagic, 0, proto.CmdRead, i, i%64*mib, mib)); err != nil {
 					return // dropped by the watchdog: expected
 				}
 			}
@@ -180,7 +182,9 @@ func TestBudgetBackpressure(t *testing.T) {
 	if err := polite.WriteAt(page, 4096); err != nil {
 		t.Fatal(err)
 	}
-	checkStatsConsistent(t, d)
+	if err := d.Verify(); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // TestStalledRequests: a client that stops inside a request header or a
@@ -201,9 +205,9 @@ func TestStalledRequests(t *testing.T) {
 	}
 	idle := hostile(t, sock)
 	halfHeader := hostile(t, sock)
-	halfHeader.Write(fzRequest(requestMagic, 0, cmdRead, 1, 0, 4096)[:10])
+	halfHeader.Write(fzRequest(proto.RequestMagic, 0, proto.CmdRead, 1, 0, 4096)[:10])
 	halfPayload := hostile(t, sock)
-	halfPayload.Write(fzRequest(requestMagic, 0, cmdWrite, 2, 8192, 1<<20))
+	halfPayload.Write(fzRequest(proto.RequestMagic, 0, proto.CmdWrite, 2, 8192, 1<<20))
 	halfPayload.Write(make([]byte, 1000)) // zeros over "keep", never finished
 
 	// Meanwhile the good client is served at once.
@@ -227,13 +231,15 @@ func TestStalledRequests(t *testing.T) {
 		t.Fatalf("page under the abandoned write changed: %v", err)
 	}
 	// The idle connection outlived several stall timeouts and still works.
-	idle.Write(fzRequest(requestMagic, 0, cmdRead, 3, 8192, 4096))
+	idle.Write(fzRequest(proto.RequestMagic, 0, proto.CmdRead, 3, 8192, 4096))
 	idle.SetReadDeadline(time.Now().Add(5 * time.Second))
-	reply := make([]byte, replyHeaderSize+4096)
-	if _, err := io.ReadFull(idle, reply); err != nil || !bytes.Equal(reply[replyHeaderSize:], keep) {
+	reply := make([]byte, proto.ReplyHeaderSize+4096)
+	if _, err := io.ReadFull(idle, reply); err != nil || !bytes.Equal(reply[proto.ReplyHeaderSize:], keep) {
 		t.Fatalf("idle connection: %v", err)
 	}
-	checkStatsConsistent(t, d)
+	if err := d.Verify(); err != nil {
+		t.Fatal(err)
+	}
 }
 
 func TestHandshakeTimeout(t *testing.T) {
@@ -270,7 +276,7 @@ func countFDs(t *testing.T) int {
 func TestConnectionChurn(t *testing.T) {
 	srv, d, sock := limitsServer(t, ServerOptions{})
 	keep := bytes.Repeat([]byte("churn ok"), 512)
-	if err := d.WriteAt(keep, 0); err != nil {
+	if err := d.WriteAt(keep, 0, nil); err != nil {
 		t.Fatal(err)
 	}
 	runtime.GC()
@@ -298,11 +304,11 @@ func TestConnectionChurn(t *testing.T) {
 				nc.Write([]byte{0, 0, 0, 3, 'I', 'H'})
 			case 2: // GO, then a request in flight
 				if fzNegotiate(nc, nil) == nil {
-					nc.Write(fzRequest(requestMagic, 0, cmdRead, 1, 0, 65536))
+					nc.Write(fzRequest(proto.RequestMagic, 0, proto.CmdRead, 1, 0, 65536))
 				}
 			case 3: // a clean session
 				if fzNegotiate(nc, nil) == nil {
-					nc.Write(fzRequest(requestMagic, 0, cmdDisc, 0, 0, 0))
+					nc.Write(fzRequest(proto.RequestMagic, 0, proto.CmdDisc, 0, 0, 0))
 				}
 			}
 		}()

@@ -1,24 +1,12 @@
-package blockdev
+package nbd
 
-import "io"
+import (
+	"io"
+	"syscall"
+	"unsafe"
 
-// A swap device's server must not take a page fault on fresh memory while
-// serving a request: the kernel may be out of memory and waiting for that
-// very request to swap pages out (hack/guest-README.md has the stacks). Go's
-// make() of a large buffer returns fresh OS pages without touching them, so
-// the first read(2) into it faults inside the kernel's copy. Buffers of the
-// transmission path are therefore touched when the connection starts, while
-// memory is still plentiful; under mlockall (swapsafe) they then stay put.
-
-// prefault touches every page of b so it is backed by memory now.
-func prefault(b []byte) {
-	for i := 0; i < len(b); i += 4096 {
-		b[i] = 0
-	}
-	if len(b) > 0 {
-		b[len(b)-1] = 0
-	}
-}
+	"github.com/uzram/uzram/swapsafe"
+)
 
 // rxBuffer is a buffered reader over a prefaulted buffer: bufio.Reader
 // allocates its own buffer, which cannot be touched ahead of use.
@@ -31,7 +19,7 @@ type rxBuffer struct {
 
 func newRxBuffer(src io.Reader, size int) *rxBuffer {
 	b := &rxBuffer{src: src, buf: make([]byte, size)}
-	prefault(b.buf)
+	swapsafe.Prefault(b.buf)
 	return b
 }
 
@@ -95,4 +83,55 @@ func (b *rxBuffer) Read(p []byte) (int, error) {
 	n := copy(p, b.buf[b.start:b.end])
 	b.start += n
 	return n, nil
+}
+
+// rawReader reads a non-blocking socket with RawSyscall, waiting in the
+// poller on EAGAIN. net.Conn's Read enters and leaves the runtime's syscall
+// state around every read (and wakes sysmon when the process was idle, a
+// thread wakeup per burst); a read of a non-blocking socket never blocks
+// in the kernel, so it needs neither.
+type rawReader struct {
+	rc  syscall.RawConn
+	fn  func(fd uintptr) bool // rr.read, made once
+	p   []byte
+	n   int
+	err error
+}
+
+func (rr *rawReader) Read(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	rr.p, rr.n, rr.err = p, 0, nil
+	err := rr.rc.Read(rr.fn)
+	rr.p = nil
+	if err != nil {
+		return 0, err // deadline (stop) or closed
+	}
+	if rr.err != nil {
+		return 0, rr.err
+	}
+	if rr.n == 0 {
+		return 0, io.EOF
+	}
+	return rr.n, nil
+}
+
+// read is the RawConn.Read callback: false asks the poller to wait.
+func (rr *rawReader) read(fd uintptr) bool {
+	for {
+		n, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&rr.p[0])), uintptr(len(rr.p)))
+		switch e {
+		case 0:
+			rr.n = int(n)
+			return true
+		case syscall.EINTR:
+			continue
+		case syscall.EAGAIN:
+			return false
+		default:
+			rr.err = e
+			return true
+		}
+	}
 }

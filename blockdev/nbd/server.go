@@ -1,4 +1,4 @@
-package blockdev
+package nbd
 
 import (
 	"bufio"
@@ -14,6 +14,9 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/uzram/uzram/blockdev"
+	"github.com/uzram/uzram/blockdev/nbd/proto"
 )
 
 // ServerOptions tune the NBD server.
@@ -36,7 +39,7 @@ type ServerOptions struct {
 
 	// ConnBudget and TotalBudget bound the bytes of request buffers in
 	// flight on one connection and on all of them (limits.go). Defaults
-	// DefaultConnBudget and DefaultTotalBudget; never below MaxRequestSize.
+	// DefaultConnBudget and DefaultTotalBudget; never below proto.MaxRequestSize.
 	ConnBudget, TotalBudget int64
 	// StallTimeout drops a connection whose request stays half received,
 	// or whose reply stays unsent, this long. Default DefaultStallTimeout;
@@ -61,16 +64,19 @@ type Server struct {
 	log  *slog.Logger
 
 	mu        sync.Mutex
-	exports   map[string]*Device
+	exports   map[string]blockdev.Target
 	order     []string // export names, in the order they were added
 	listeners map[net.Listener]struct{}
 	conns     map[*conn]struct{}
 	closing   bool
+	// handedOff: stopped by Handover, whose caller passes the listeners on,
+	// so a Serve that starts late must leave its listener open.
+	handedOff bool
 	handed    []HandedConn // connections stopped for a handover (handover.go)
 	wg        sync.WaitGroup
 	nextID    atomic.Uint64
 
-	cmds [cmdWriteZeroes + 1]cmdCounters
+	cmds [proto.CmdWriteZeroes + 1]cmdCounters
 
 	total *budget // every connection's in-flight request bytes
 }
@@ -103,18 +109,18 @@ func NewServer(opts ServerOptions) *Server {
 		total:     newBudget(opts.TotalBudget),
 		opts:      opts,
 		log:       opts.Logger,
-		exports:   map[string]*Device{},
+		exports:   map[string]blockdev.Target{},
 		listeners: map[net.Listener]struct{}{},
 		conns:     map[*conn]struct{}{},
 	}
 }
 
 // AddExport makes a device reachable under its name.
-func (s *Server) AddExport(d *Device) error {
+func (s *Server) AddExport(d blockdev.Target) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if _, dup := s.exports[d.Name()]; dup {
-		return fmt.Errorf("blockdev: export %q already exists", d.Name())
+		return fmt.Errorf("nbd: export %q already exists", d.Name())
 	}
 	s.exports[d.Name()] = d
 	s.order = append(s.order, d.Name())
@@ -123,29 +129,29 @@ func (s *Server) AddExport(d *Device) error {
 
 // RemoveExport takes a device off the server. It is refused while a
 // connection is attached to it.
-func (s *Server) RemoveExport(name string) (*Device, error) {
+func (s *Server) RemoveExport(name string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	d, ok := s.exports[name]
 	if !ok {
-		return nil, fmt.Errorf("blockdev: no export named %q", name)
+		return fmt.Errorf("nbd: no export named %q", name)
 	}
 	if n := s.attachedLocked(d); n > 0 {
-		return nil, fmt.Errorf("blockdev: export %q is in use by %d connection(s)", name, n)
+		return fmt.Errorf("nbd: export %q is in use by %d connection(s)", name, n)
 	}
 	delete(s.exports, name)
 	s.order = slices.DeleteFunc(s.order, func(n string) bool { return n == name })
-	return d, nil
+	return nil
 }
 
 // Attached counts the connections in transmission on a device.
-func (s *Server) Attached(d *Device) int {
+func (s *Server) Attached(d blockdev.Target) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.attachedLocked(d)
 }
 
-func (s *Server) attachedLocked(d *Device) int {
+func (s *Server) attachedLocked(d blockdev.Target) int {
 	n := 0
 	for c := range s.conns {
 		if c.dev == d {
@@ -155,19 +161,8 @@ func (s *Server) attachedLocked(d *Device) int {
 	return n
 }
 
-// Exports lists the devices in the order they were added.
-func (s *Server) Exports() []*Device {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	out := make([]*Device, 0, len(s.order))
-	for _, n := range s.order {
-		out = append(out, s.exports[n])
-	}
-	return out
-}
-
 // lookup finds an export; the empty name is the default (first) export.
-func (s *Server) lookup(name string) *Device {
+func (s *Server) lookup(name string) blockdev.Target {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if name == "" && len(s.order) > 0 {
@@ -184,18 +179,22 @@ func (s *Server) exportNames() []string {
 
 func (s *Server) tflags() uint16 {
 	if s.opts.ReadOnly {
-		return tflagHasFlags | tflagReadOnly | tflagSendFlush | tflagCanMultiConn
+		return proto.TFlagHasFlags | proto.TFlagReadOnly | proto.TFlagSendFlush | proto.TFlagCanMultiConn
 	}
-	return DefaultTransmissionFlags
+	return proto.DefaultTransmissionFlags
 }
 
-// Serve accepts connections on l until Shutdown. It returns nil after
-// Shutdown and the accept error otherwise.
+// Serve accepts connections on l until Shutdown or Handover. It returns nil
+// after either and the accept error otherwise. Shutdown closes l; Handover
+// leaves it open for its caller to pass on, also when this Serve starts
+// only after the Handover.
 func (s *Server) Serve(l net.Listener) error {
 	s.mu.Lock()
 	if s.closing {
+		if !s.handedOff {
+			l.Close()
+		}
 		s.mu.Unlock()
-		l.Close()
 		return nil
 	}
 	s.listeners[l] = struct{}{}
@@ -223,7 +222,7 @@ func (s *Server) Serve(l net.Listener) error {
 				time.Sleep(backoff)
 				continue
 			}
-			return fmt.Errorf("blockdev: accept: %w", err)
+			return fmt.Errorf("nbd: accept: %w", err)
 		}
 		backoff = 0
 		s.ServeConn(nc)
@@ -317,7 +316,7 @@ func (s *Server) isClosing() bool {
 func (s *Server) Shutdown(ctx context.Context) error {
 	// stop wakes readers blocked on the socket or on budget; workers still reply.
 	if _, err := s.stopServing(ctx, func(l net.Listener) { l.Close() }, (*conn).stop); err != nil {
-		return fmt.Errorf("blockdev: shutdown: %w", err)
+		return fmt.Errorf("nbd: shutdown: %w", err)
 	}
 	return nil
 }
@@ -368,7 +367,7 @@ func (s *Server) CommandCounts() map[string][2]int64 {
 	for t := range s.cmds {
 		ok, failed := s.cmds[t].ok.Load(), s.cmds[t].failed.Load()
 		if ok+failed > 0 {
-			out[CommandName(uint16(t))] = [2]int64{ok, failed}
+			out[proto.CommandName(uint16(t))] = [2]int64{ok, failed}
 		}
 	}
 	return out

@@ -1,4 +1,4 @@
-package blockdev
+package nbd
 
 import (
 	"math/rand/v2"
@@ -6,7 +6,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/uzram/uzram/blockdev"
 	"github.com/uzram/uzram/nbdclient"
+	"github.com/uzram/uzram/streams"
 )
 
 // TestTrimAllGivesMemoryBack: a device filled over NBD at full speed, which
@@ -16,14 +18,17 @@ import (
 // back to the OS. (pagestore's TestReserveShrinksWhenEmpty boosts for sure.)
 func TestTrimAllGivesMemoryBack(t *testing.T) {
 	const size, conns, depth, req = 32 << 20, 4, 16, 128 << 10
-	d := newTestDevice(t, size, "lz4")
+	d, err := blockdev.New(blockdev.Config{Name: "t", Size: size, Algorithm: "lz4", StreamMode: streams.DefaultMode})
+	if err != nil {
+		t.Fatal(err)
+	}
 	fresh := d.Stats()
 	sock := startTestServer(t, d)
 	// Pages of ~2 KiB compressed (random, then zeros), all in one pool: the
 	// hottest stream for the reserve, as a fio fill is.
 	r := rand.New(rand.NewPCG(1, 2))
 	buf := make([]byte, req)
-	for p := 0; p < req; p += PageSize {
+	for p := 0; p < req; p += blockdev.PageSize {
 		for i := range 2000 {
 			buf[p+i] = byte(r.Uint32())
 		}

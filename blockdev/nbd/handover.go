@@ -1,11 +1,11 @@
-package blockdev
+package nbd
 
 // Handover passes live connections to a successor process, so a daemon can
 // be replaced under an attached device without the client ever seeing its
 // socket close. That matters for the kernel's nbd driver: a request it has
 // sent when a socket dies is resent only after the request timeout (600 s
 // as uzram attaches), so under swap a plain restart stalls or fails I/O
-// (hack/README-reliability.md). A handed-over socket stays open throughout:
+// (docs/reliability.md). A handed-over socket stays open throughout:
 // requests sent meanwhile wait in it, and the successor reads them.
 //
 // The old side stops each connection's reader at a request boundary, lets
@@ -17,7 +17,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"time"
@@ -32,7 +31,7 @@ type HandedConn struct {
 }
 
 // errHandover ends a reader that stopped at a request boundary for a handover.
-var errHandover = errors.New("blockdev: nbd: connection handed over")
+var errHandover = errors.New("nbd: connection handed over")
 
 // handoverFinish bounds how long a reader caught mid-request by a handover
 // waits for the rest of that request; a client that stalls longer is
@@ -49,21 +48,6 @@ func (c *conn) handOver() {
 // stoppedForHandover reports whether err is the deadline handOver set.
 func (c *conn) stoppedForHandover(err error) bool {
 	return c.handingOver.Load() && errors.Is(err, os.ErrDeadlineExceeded)
-}
-
-// readFull reads the rest of a request. A handover that catches the reader
-// mid-request lets it finish the request: clients send requests whole, so
-// the rest is on its way.
-func (c *conn) readFull(p []byte) error {
-	n, err := io.ReadFull(c.rx, p)
-	if err == nil || !c.stoppedForHandover(err) {
-		return err
-	}
-	c.rx.err = nil
-	c.raw.SetReadDeadline(time.Now().Add(handoverFinish))
-	_, err = io.ReadFull(c.rx, p[n:])
-	c.raw.SetReadDeadline(time.Now())
-	return err
 }
 
 // socketFile dup's the socket of a plain (not TLS) connection.
@@ -100,6 +84,9 @@ func (s *Server) handedOver(c *conn) {
 // connections; others (still negotiating, TLS, stalled mid-request) are
 // closed. Like Shutdown, the server serves nothing afterwards.
 func (s *Server) Handover(ctx context.Context) ([]HandedConn, error) {
+	s.mu.Lock()
+	s.handedOff = true
+	s.mu.Unlock()
 	done, err := s.stopServing(ctx, func(l net.Listener) {
 		if dl, ok := l.(interface{ SetDeadline(time.Time) error }); ok {
 			dl.SetDeadline(time.Now()) // Serve returns; the socket stays open
@@ -122,7 +109,7 @@ func (s *Server) Handover(ctx context.Context) ([]HandedConn, error) {
 		for _, c := range h {
 			c.File.Close()
 		}
-		return nil, fmt.Errorf("blockdev: handover: %w", err)
+		return nil, fmt.Errorf("nbd: handover: %w", err)
 	}
 	return h, nil
 }
@@ -134,11 +121,11 @@ func (s *Server) Adopt(h HandedConn) error {
 	nc, err := net.FileConn(h.File)
 	h.File.Close()
 	if err != nil {
-		return fmt.Errorf("blockdev: adopt connection: %w", err)
+		return fmt.Errorf("nbd: adopt connection: %w", err)
 	}
 	if len(h.Leftover) > transmitBuffer {
 		nc.Close()
-		return fmt.Errorf("blockdev: adopt connection: %d leftover bytes, more than a receive buffer", len(h.Leftover))
+		return fmt.Errorf("nbd: adopt connection: %d leftover bytes, more than a receive buffer", len(h.Leftover))
 	}
 	c := s.newConn(nc)
 	c.pending = h.Leftover
@@ -147,7 +134,7 @@ func (s *Server) Adopt(h HandedConn) error {
 	if d == nil || s.closing {
 		s.mu.Unlock()
 		nc.Close()
-		return fmt.Errorf("blockdev: adopt connection: no export %q", h.Export)
+		return fmt.Errorf("nbd: adopt connection: no export %q", h.Export)
 	}
 	c.dev, c.tflags = d, h.TFlags
 	s.conns[c] = struct{}{}

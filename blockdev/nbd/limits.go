@@ -1,9 +1,11 @@
-package blockdev
+package nbd
 
 import (
 	"errors"
 	"sync"
 	"time"
+
+	"github.com/uzram/uzram/blockdev/nbd/proto"
 )
 
 // Limits that keep one client (or many) from exhausting the daemon: the
@@ -16,7 +18,7 @@ import (
 // size. When a budget is spent, the connection's reader waits before reading
 // the payload (backpressure: the client's socket fills up and it stops
 // sending); no request ever fails for lack of budget, since both budgets are
-// at least MaxRequestSize.
+// at least proto.MaxRequestSize.
 const (
 	// DefaultConnBudget bounds one connection's in-flight request bytes:
 	// the kernel's 128 requests of 128 KiB fit four times over.
@@ -34,7 +36,7 @@ const (
 )
 
 // errQuit means the connection ended while its reader waited for budget.
-var errQuit = errors.New("blockdev: nbd: connection closing")
+var errQuit = errors.New("nbd: connection closing")
 
 // budget is a FIFO weighted semaphore: waiters are served in arrival order,
 // so a large request is not starved by a stream of small ones.
@@ -133,13 +135,13 @@ func (b *budget) inUse() int64 {
 }
 
 // cost is what a request's buffer pins while it is in flight.
-func (r Request) cost() int64 {
+func cost(r proto.Request) int64 {
 	switch r.Type {
-	case cmdWrite:
-		return int64(r.Length) // ParseRequest capped it at MaxRequestSize
-	case cmdRead:
+	case proto.CmdWrite:
+		return int64(r.Length) // proto.ParseRequest capped it at proto.MaxRequestSize
+	case proto.CmdRead:
 		// A READ over the maximum is refused before any buffer is sized.
-		if r.Length <= MaxRequestSize {
+		if r.Length <= proto.MaxRequestSize {
 			return int64(r.Length)
 		}
 	}
@@ -152,5 +154,5 @@ func clampBudget(v, def int64) int64 {
 	if v <= 0 {
 		v = def
 	}
-	return max(v, MaxRequestSize)
+	return max(v, proto.MaxRequestSize)
 }

@@ -1,4 +1,4 @@
-package blockdev
+package nbd
 
 import (
 	"bytes"
@@ -18,6 +18,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/uzram/uzram/blockdev"
+	"github.com/uzram/uzram/blockdev/nbd/proto"
 	"github.com/uzram/uzram/nbdclient"
 	"github.com/uzram/uzram/streams"
 )
@@ -83,7 +85,7 @@ func (p testPKI) clientConfig(withCert bool) *tls.Config {
 }
 
 // startTLSServer serves d on TCP loopback and on a unix socket.
-func startTLSServer(t *testing.T, d *Device, opts ServerOptions) (tcp, unix string) {
+func startTLSServer(t *testing.T, d *blockdev.Device, opts ServerOptions) (tcp, unix string) {
 	t.Helper()
 	opts.Logger = discardLogger()
 	srv := NewServer(opts)
@@ -105,8 +107,8 @@ func startTLSServer(t *testing.T, d *Device, opts ServerOptions) (tcp, unix stri
 	return lt.Addr().String(), unix
 }
 
-func tlsDevice(t *testing.T) *Device {
-	d, err := New(Config{Name: "tls", Size: 1 << 20, StreamMode: streams.DefaultMode})
+func tlsDevice(t *testing.T) *blockdev.Device {
+	d, err := blockdev.New(blockdev.Config{Name: "tls", Size: 1 << 20, StreamMode: streams.DefaultMode})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -183,15 +185,15 @@ func TestTLSRequired(t *testing.T) {
 	d := tlsDevice(t)
 	addr, unix := startTLSServer(t, d, ServerOptions{TLS: fuzzTLS(t), TLSRequired: true})
 	nc := rawOptions(t, "tcp", addr)
-	expectReply(t, nc, optGo, fzInfoData("tls"), repErrTLSReqd)
-	expectReply(t, nc, optInfo, fzInfoData("tls"), repErrTLSReqd)
-	expectReply(t, nc, optList, nil, repErrTLSReqd)
-	expectReply(t, nc, optStartTLS, []byte{1}, repErrInvalid)
-	expectReply(t, nc, optAbort, nil, repAck)
+	expectReply(t, nc, proto.OptGo, fzInfoData("tls"), proto.RepErrTLSReqd)
+	expectReply(t, nc, proto.OptInfo, fzInfoData("tls"), proto.RepErrTLSReqd)
+	expectReply(t, nc, proto.OptList, nil, proto.RepErrTLSReqd)
+	expectReply(t, nc, proto.OptStartTLS, []byte{1}, proto.RepErrInvalid)
+	expectReply(t, nc, proto.OptAbort, nil, proto.RepAck)
 
 	// EXPORT_NAME has no error reply: the server hangs up.
 	nc = rawOptions(t, "tcp", addr)
-	nbdclient.SendOption(nc, optExportName, []byte("tls"))
+	nbdclient.SendOption(nc, proto.OptExportName, []byte("tls"))
 	if n, err := nc.Read(make([]byte, 1)); err == nil {
 		t.Fatalf("server answered EXPORT_NAME (%d bytes) without TLS", n)
 	}
@@ -221,8 +223,8 @@ func TestStartTLSNotConfigured(t *testing.T) {
 	d := tlsDevice(t)
 	addr, _ := startTLSServer(t, d, ServerOptions{})
 	nc := rawOptions(t, "tcp", addr)
-	expectReply(t, nc, optStartTLS, nil, repErrUnsup)
-	expectReply(t, nc, optGo, fzInfoData("tls"), repInfo) // still negotiating
+	expectReply(t, nc, proto.OptStartTLS, nil, proto.RepErrUnsup)
+	expectReply(t, nc, proto.OptGo, fzInfoData("tls"), proto.RepInfo) // still negotiating
 }
 
 // TestStartTLSInjection: plaintext sent right behind STARTTLS, before the
@@ -231,11 +233,11 @@ func TestStartTLSInjection(t *testing.T) {
 	d := tlsDevice(t)
 	addr, _ := startTLSServer(t, d, ServerOptions{TLS: fuzzTLS(t), TLSRequired: true})
 	nc := rawOptions(t, "tcp", addr)
-	b := append(fzOption(optStartTLS, nil), fzOption(optGo, fzInfoData("tls"))...)
+	b := append(fzOption(proto.OptStartTLS, nil), fzOption(proto.OptGo, fzInfoData("tls"))...)
 	nc.Write(b)
 	var h [20]byte
 	io.ReadFull(nc, h[:]) // the ACK
-	if typ := binary.BigEndian.Uint32(h[12:]); typ != repAck {
+	if typ := binary.BigEndian.Uint32(h[12:]); typ != proto.RepAck {
 		t.Fatalf("STARTTLS reply %#x", typ)
 	}
 	if _, err := io.ReadFull(nc, make([]byte, 1)); err == nil {
