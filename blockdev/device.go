@@ -261,10 +261,7 @@ func (d *Device) discard(off, n uint64, keep bool) error {
 			d.locks.lock(page)
 			d.freeLocked(page)
 			if keep {
-				s := &d.slots[page]
-				s.flags, s.atime = slotSame, d.now()
-				d.stats.samePages.Add(1)
-				d.stats.pagesStored.Add(1)
+				d.storeLocked(page, slot{flags: slotSame, atime: d.now()}) // the zero word
 			}
 			d.locks.unlock(page)
 			d.stats.notifyFree.Add(1)
@@ -392,10 +389,7 @@ var errWouldWait = errors.New("blockdev: write would wait for store memory")
 func (d *Device) writePage(page uint64, src, scratch []byte, wait bool) error {
 	if word, ok := sameFilled(src); ok {
 		d.freeLocked(page)
-		s := &d.slots[page]
-		*s = slot{handle: word, flags: slotSame, atime: d.now()}
-		d.stats.samePages.Add(1)
-		d.stats.pagesStored.Add(1)
+		d.storeLocked(page, slot{handle: word, flags: slotSame, atime: d.now()})
 		return nil
 	}
 	c, err := d.comps.acquire(0)
@@ -412,7 +406,9 @@ func (d *Device) writePage(page uint64, src, scratch []byte, wait bool) error {
 		out = scratch
 	}
 	data, flags := src, slotHuge
-	n, cerr := st.Ctx.Compress(out[:HugeThreshold], src)
+	// zram stores a page raw when it compresses to huge_class_size or more:
+	// only a result below HugeThreshold fits.
+	n, cerr := st.Ctx.Compress(out[:HugeThreshold-1], src)
 	if scratch != nil {
 		c.pool.Put(st)
 	} else {
@@ -452,13 +448,7 @@ func (d *Device) writePage(page uint64, src, scratch []byte, wait bool) error {
 	if flags&slotHuge == 0 {
 		c.pool.Ref() // the page needs its compressor to be read back
 	}
-	d.slots[page] = slot{handle: uint64(h), size: uint16(len(data)), flags: flags, comp: c.id, atime: d.now()}
-	d.stats.pagesStored.Add(1)
-	d.stats.comprDataSize.Add(int64(len(data)))
-	if flags&slotHuge != 0 {
-		d.stats.hugePages.Add(1)
-		d.stats.hugePagesSince.Add(1)
-	}
+	d.storeLocked(page, slot{handle: uint64(h), size: uint16(len(data)), flags: flags, comp: c.id, atime: d.now()})
 	return nil
 }
 
@@ -486,6 +476,28 @@ func (d *Device) TryWritePage(src []byte, page uint64, scratch []byte) (ok bool,
 func (d *Device) overwriteLocked(page uint64, data []byte) bool {
 	s := &d.slots[page]
 	return s.handle != 0 && s.flags&slotSame == 0 && d.store.Overwrite(pagestore.Handle(s.handle), data)
+}
+
+// storeLocked fills an empty slot with s and counts the page: the
+// counterpart of forgetLocked. A compressed page's reference on its
+// compressor is the caller's to have taken.
+func (d *Device) storeLocked(page uint64, s slot) {
+	d.slots[page] = s
+	d.stats.pagesStored.Add(1)
+	switch {
+	case s.flags&slotSame != 0:
+		d.stats.samePages.Add(1)
+		return
+	case s.flags&slotHuge != 0:
+		d.stats.hugePages.Add(1)
+		d.stats.hugePagesSince.Add(1)
+	default:
+		if prio := d.slotPrio(&s); prio > 0 {
+			d.stats.prioPages[prio].Add(1)
+			d.stats.prioBytes[prio].Add(int64(s.size))
+		}
+	}
+	d.stats.comprDataSize.Add(int64(s.size))
 }
 
 // freeLocked empties a slot and gives its object back to the store.

@@ -9,6 +9,7 @@ import (
 
 	"github.com/uzram/uzram/blockdev/blocktest"
 	"github.com/uzram/uzram/streams"
+	"github.com/uzram/uzram/zcomp"
 )
 
 func newTestDevice(t testing.TB, size int64, algo string) *Device {
@@ -328,6 +329,67 @@ func TestMemLimit(t *testing.T) {
 	}
 	if err := d.WriteAt(page(n), n*PageSize, nil); err != nil {
 		t.Fatalf("write after discarding everything: %v", err)
+	}
+	checkStatsConsistent(t, d)
+}
+
+// pageCompressingTo finds a page that algo compresses to exactly n bytes:
+// random bytes after a run of zeros, the run's length searched.
+func pageCompressingTo(t *testing.T, algo string, n int) []byte {
+	t.Helper()
+	b, err := zcomp.Lookup(algo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, err := b.NewContext(zcomp.Params{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ctx.Close()
+	page, out := make([]byte, PageSize), make([]byte, 2*PageSize)
+	for seed := uint64(1); seed < 50; seed++ {
+		r := rand.New(rand.NewPCG(seed, 7))
+		for i := range page {
+			page[i] = byte(r.Uint32())
+		}
+		for zeros := 0; zeros < PageSize; zeros++ {
+			page[zeros] = 0
+			m, err := ctx.Compress(out, page)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if m == n {
+				return page
+			}
+			if m < n {
+				break // past it: the size fell by more than one byte
+			}
+		}
+	}
+	t.Fatalf("no page found that %s compresses to %d bytes", algo, n)
+	return nil
+}
+
+// TestHugeBoundary: as in zram, a page that compresses to huge_class_size
+// (HugeThreshold) bytes or more is stored raw, one byte less compressed.
+func TestHugeBoundary(t *testing.T) {
+	d := newTestDevice(t, 1<<20, "lz4")
+	for i, c := range []struct {
+		compressed int
+		huge       bool
+	}{{HugeThreshold, true}, {HugeThreshold - 1, false}, {HugeThreshold + 1, true}} {
+		page := pageCompressingTo(t, "lz4", c.compressed)
+		if err := d.WriteAt(page, uint64(i)*PageSize, nil); err != nil {
+			t.Fatal(err)
+		}
+		s := d.slots[i]
+		if huge := s.flags&slotHuge != 0; huge != c.huge {
+			t.Errorf("a page compressing to %d bytes: huge %v, want %v (stored %d bytes)", c.compressed, huge, c.huge, s.size)
+		}
+		got := make([]byte, PageSize)
+		if err := d.ReadAt(got, uint64(i)*PageSize); err != nil || !bytes.Equal(got, page) {
+			t.Fatalf("page %d reads back wrong (err %v)", i, err)
+		}
 	}
 	checkStatsConsistent(t, d)
 }

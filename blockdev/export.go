@@ -127,10 +127,8 @@ func (d *Device) ImportPage(p ExportedPage) error {
 	if p.Kind == PageSame {
 		d.locks.lock(p.Index)
 		d.freeLocked(p.Index)
-		d.slots[p.Index] = slot{handle: binary.LittleEndian.Uint64(p.Data), flags: slotSame | flags, atime: d.now()}
+		d.storeLocked(p.Index, slot{handle: binary.LittleEndian.Uint64(p.Data), flags: slotSame | flags, atime: d.now()})
 		d.locks.unlock(p.Index)
-		d.stats.samePages.Add(1)
-		d.stats.pagesStored.Add(1)
 		return nil
 	}
 	h, err := d.store.Put(p.Data)
@@ -158,14 +156,8 @@ func (d *Device) ImportPage(p ExportedPage) error {
 	}
 	d.locks.lock(p.Index)
 	d.freeLocked(p.Index)
-	d.slots[p.Index] = s
+	d.storeLocked(p.Index, s)
 	d.locks.unlock(p.Index)
-	d.stats.pagesStored.Add(1)
-	d.stats.comprDataSize.Add(int64(len(p.Data)))
-	if c == nil {
-		d.stats.hugePages.Add(1)
-		d.stats.hugePagesSince.Add(1)
-	}
 	return nil
 }
 

@@ -333,129 +333,155 @@ func (d *Device) scanForRecompress(p recompPlan) []recompCand {
 }
 
 // recompressPage is recompress_slot for one candidate. The page is decoded
-// under its lock, compressed without it (a slow secondary algorithm must not
-// stall I/O on the page), and the result committed under the lock only if
-// the slot still carries slotRecomp: every write, trim and free replaces the
-// slot and so drops the mark, and then the new data wins. Reads meanwhile
-// see the old, still valid, object.
+// under its lock (recompPick), compressed without it (recompEncode: a slow
+// secondary algorithm must not stall I/O on the page), and the result
+// installed under the lock (recompInstall) only if the slot still carries
+// slotRecomp: every write, trim and free replaces the slot and so drops the
+// mark, and then the new data wins. Reads meanwhile see the old, still
+// valid, object.
 func (d *Device) recompressPage(page uint64, p *recompPlan, buf *[PageSize]byte, res *RecompressResult) error {
+	cand, ok, err := d.recompPick(page, p, buf, res)
+	if !ok || err != nil {
+		return err
+	}
+	res.Attempted++
+	d.stats.recomp.attempted.Add(1)
+	enc, err := d.recompEncode(page, p, buf, cand)
+	if err != nil {
+		return d.dropMark(page, err)
+	}
+	d.recompInstall(page, p, cand, enc, res)
+	return nil
+}
+
+// recompCandidate is a page as recompPick found it.
+type recompCandidate struct {
+	size, class int    // its object's size and size class
+	handle      uint64 // its object: the page was not rewritten if it still has it
+	first       int    // the first priority to try: above the page's own
+}
+
+// recompPick decodes the page into buf if it is still a candidate: marked
+// by the scan and not below the threshold. ok false: skipped (counted).
+func (d *Device) recompPick(page uint64, p *recompPlan, buf *[PageSize]byte, res *RecompressResult) (c recompCandidate, ok bool, err error) {
 	st := &d.stats.recomp
 	d.locks.lock(page)
+	defer d.locks.unlock(page)
 	s := &d.slots[page]
-	if s.flags&slotRecomp == 0 {
-		d.locks.unlock(page)
-		res.Skipped++
-		st.skipped.Add(1)
-		return nil
-	}
-	oldSize, oldHandle := int(s.size), s.handle
 	// zram: "Do not recompress objects that are already small enough", and
 	// such pages do not count against max_pages.
-	if p.threshold > 0 && oldSize < p.threshold {
+	if s.flags&slotRecomp == 0 || p.threshold > 0 && int(s.size) < p.threshold {
 		s.flags &^= slotRecomp
-		d.locks.unlock(page)
 		res.Skipped++
 		st.skipped.Add(1)
-		return nil
+		return c, false, nil
 	}
 	if err := d.decodeLocked(page, buf[:]); err != nil {
 		s.flags &^= slotRecomp
-		d.locks.unlock(page)
-		return fmt.Errorf("blockdev: recompress: %w", err)
+		return c, false, fmt.Errorf("blockdev: recompress: %w", err)
 	}
 	// zram clears the idle mark on every attempt, so the page is not picked
 	// again by the next idle-based pass unless it is marked idle again.
 	s.flags &^= slotIdle
-	first := max(p.prio, d.slotPrio(s)+1)
-	d.locks.unlock(page)
+	c = recompCandidate{size: int(s.size), class: d.store.ClassSize(int(s.size)), handle: s.handle, first: max(p.prio, d.slotPrio(s)+1)}
+	return c, true, nil
+}
 
-	res.Attempted++
-	st.attempted.Add(1)
-	oldClass := d.store.ClassSize(oldSize)
+// recompEncoded is what recompEncode found: a stored smaller object (comp
+// set, holding the reference the page will keep), or why there is none.
+type recompEncoded struct {
+	comp  *compressor
+	h     pagestore.Handle
+	n     int
+	noMem bool // a smaller result found, but mem_limit refused it
+	last  int  // the last priority tried, -1 if none
+}
+
+// recompEncode re-encodes buf with each priority from c.first on until one
+// lands in a smaller size class, and stores that result.
+func (d *Device) recompEncode(page uint64, p *recompPlan, buf *[PageSize]byte, c recompCandidate) (recompEncoded, error) {
+	e := recompEncoded{last: -1}
 	// A result must be under the huge threshold (for a huge page that is
 	// what makes it worth decompressing) and under the threshold if given.
 	limit := HugeThreshold - 1
 	if p.threshold > 0 {
 		limit = min(limit, p.threshold-1)
 	}
-	var (
-		comp  *compressor
-		h     pagestore.Handle
-		n     int
-		noMem bool
-		last  = -1 // the last priority tried
-	)
-	for prio := first; prio < p.prioMax && comp == nil; prio++ {
-		c, err := d.comps.acquire(prio)
+	for prio := c.first; prio < p.prioMax; prio++ {
+		comp, err := d.comps.acquire(prio)
 		if err != nil {
 			continue // removed meanwhile: zram skips an empty priority too
 		}
-		last = prio
-		stream, err := c.pool.Get()
+		e.last = prio
+		stream, err := comp.pool.Get()
 		if err != nil {
-			c.pool.Unref()
-			return d.dropMark(page, fmt.Errorf("blockdev: recompress page %d: %w", page, err))
+			comp.pool.Unref()
+			return e, fmt.Errorf("blockdev: recompress page %d: %w", page, err)
 		}
 		m, err := stream.Ctx.Compress(stream.Buf[:limit], buf[:])
-		switch {
-		case errors.Is(err, zcomp.ErrNoSpace) || err == nil && d.store.ClassSize(m) >= oldClass:
-			c.pool.Put(stream)
-			c.pool.Unref()
+		if errors.Is(err, zcomp.ErrNoSpace) || err == nil && d.store.ClassSize(m) >= c.class {
+			comp.pool.Put(stream)
+			comp.pool.Unref()
 			continue // no progress: try the next priority
-		case err != nil:
-			c.pool.Put(stream)
-			c.pool.Unref()
-			return d.dropMark(page, fmt.Errorf("blockdev: recompress page %d with %s: %w", page, c.algo, err))
 		}
-		h, err = d.store.Put(stream.Buf[:m])
-		c.pool.Put(stream)
 		if err != nil {
-			c.pool.Unref()
-			if !errors.Is(err, pagestore.ErrLimit) {
-				return d.dropMark(page, fmt.Errorf("blockdev: recompress page %d: %w", page, err))
-			}
-			// The old object is still stored: keep it and go on (zram
-			// ignores mem_limit here; our store enforces it on every Put).
-			noMem = true
-			break
+			comp.pool.Put(stream)
+			comp.pool.Unref()
+			return e, fmt.Errorf("blockdev: recompress page %d with %s: %w", page, comp.algo, err)
 		}
-		comp, n = c, m
+		h, err := d.store.Put(stream.Buf[:m])
+		comp.pool.Put(stream)
+		if err != nil {
+			comp.pool.Unref()
+			if !errors.Is(err, pagestore.ErrLimit) {
+				return e, fmt.Errorf("blockdev: recompress page %d: %w", page, err)
+			}
+			// The old object is still stored: keep it (zram ignores
+			// mem_limit here; our store enforces it on every Put).
+			e.noMem = true
+			return e, nil
+		}
+		e.comp, e.h, e.n = comp, h, m
+		return e, nil
 	}
+	return e, nil
+}
 
+// recompInstall puts e in the page's place, unless the page changed
+// meanwhile, and counts the outcome.
+func (d *Device) recompInstall(page uint64, p *recompPlan, c recompCandidate, e recompEncoded, res *RecompressResult) {
+	st := &d.stats.recomp
 	d.locks.lock(page)
 	defer d.locks.unlock(page)
-	s = &d.slots[page]
-	if s.flags&slotRecomp == 0 || s.handle != oldHandle {
+	s := &d.slots[page]
+	if s.flags&slotRecomp == 0 || s.handle != c.handle {
 		// Written, trimmed or freed meanwhile: the new data wins.
-		if comp != nil {
-			d.store.Free(h)
-			comp.pool.Unref()
+		if e.comp != nil {
+			d.store.Free(e.h)
+			e.comp.pool.Unref()
 		}
 		res.Skipped++
 		st.skipped.Add(1)
-		return nil
+		return
 	}
 	s.flags &^= slotRecomp
 	switch {
-	case comp != nil:
+	case e.comp != nil:
 		atime := s.atime // recompression is not an access
 		d.forgetLocked(page, true)
 		// acquire's pin on the compressor becomes the page's reference.
-		d.slots[page] = slot{handle: uint64(h), size: uint16(n), comp: comp.id, atime: atime}
-		d.stats.pagesStored.Add(1)
-		d.stats.comprDataSize.Add(int64(n))
-		d.stats.prioPages[comp.prio].Add(1)
-		d.stats.prioBytes[comp.prio].Add(int64(n))
+		d.storeLocked(page, slot{handle: uint64(e.h), size: uint16(e.n), comp: e.comp.id, atime: atime})
+		saved, memSaved := int64(c.size-e.n), int64(c.class-d.store.ClassSize(e.n))
 		res.Recompressed++
-		res.BytesSaved += int64(oldSize - n)
-		res.MemSaved += int64(oldClass - d.store.ClassSize(n))
+		res.BytesSaved += saved
+		res.MemSaved += memSaved
 		st.recompressed.Add(1)
-		st.bytesSaved.Add(int64(oldSize - n))
-		st.memSaved.Add(int64(oldClass - d.store.ClassSize(n)))
-	case noMem:
+		st.bytesSaved.Add(saved)
+		st.memSaved.Add(memSaved)
+	case e.noMem:
 		res.Failed++
 		st.failed.Add(1)
-	case p.flagTop && last == p.prioMax-1:
+	case p.flagTop && e.last == p.prioMax-1:
 		// Even the highest priority did not help: never try it again
 		// (until it is rewritten).
 		s.flags |= slotIncompressible
@@ -463,7 +489,6 @@ func (d *Device) recompressPage(page uint64, p *recompPlan, buf *[PageSize]byte,
 		res.Incompressible++
 		st.incompressible.Add(1)
 	}
-	return nil
 }
 
 // dropMark clears a candidate's mark after a failed attempt and returns err.
