@@ -20,11 +20,10 @@ const DefaultSocket = "/run/uzram/control.sock"
 // maps them to HTTP status codes and Client maps the codes back, so the CLI
 // can tell "no such device" from "busy" without parsing text.
 var (
-	ErrNotFound    = errors.New("no such device")
-	ErrBusy        = errors.New("device busy")
-	ErrInvalid     = errors.New("invalid request")
-	ErrExists      = errors.New("device exists")
-	ErrUnsupported = errors.New("not supported by this daemon yet")
+	ErrNotFound = errors.New("no such device")
+	ErrBusy     = errors.New("device busy")
+	ErrInvalid  = errors.New("invalid request")
+	ErrExists   = errors.New("device exists")
 )
 
 // CreateRequest asks for a new device. Sizes are strings in sizes.Parse's

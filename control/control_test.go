@@ -54,9 +54,6 @@ func (f *fakeManager) Remove(name string) error {
 }
 
 func (f *fakeManager) SetKnob(_ context.Context, name, knob, value string) (string, error) {
-	if knob == "recompress" {
-		return "", Errorf(ErrUnsupported, "recompress is not supported by this daemon yet")
-	}
 	f.knobs = append(f.knobs, name+" "+knob+" "+value)
 	if knob == "compact" {
 		return "compacted", nil
@@ -127,7 +124,6 @@ func TestControlErrors(t *testing.T) {
 		{func() error { _, err := c.Get("nope"); return err }(), ErrNotFound, `no device "nope"`},
 		{c.Remove("busy"), ErrBusy, "busy is in use"},
 		{func() error { _, err := c.Create(CreateRequest{Name: "x", Size: "bad"}); return err }(), ErrInvalid, `bad size "bad"`},
-		{knobErr(c, "busy", "recompress", "type=idle"), ErrUnsupported, "not supported by this daemon yet"},
 		{knobErr(c, "busy", "frobnicate", "1"), ErrInvalid, `no knob "frobnicate"`},
 		{func() error { _, err := c.StatFile("busy", "cpu_stat"); return err }(), ErrInvalid, `no stats file "cpu_stat"`},
 	} {

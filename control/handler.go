@@ -161,8 +161,6 @@ func statusOf(err error) int {
 		return http.StatusConflict
 	case errors.Is(err, ErrInvalid):
 		return http.StatusBadRequest
-	case errors.Is(err, ErrUnsupported):
-		return http.StatusNotImplemented
 	}
 	return http.StatusInternalServerError
 }
@@ -180,8 +178,6 @@ func kindOf(code int) error {
 		return ErrBusy
 	case http.StatusBadRequest:
 		return ErrInvalid
-	case http.StatusNotImplemented:
-		return ErrUnsupported
 	}
 	return fmt.Errorf("daemon error (HTTP %d)", code)
 }

@@ -85,16 +85,6 @@ const DefaultSocketDir = "/run/uzram"
 // SocketPath is the default socket of a device.
 func SocketPath(name string) string { return filepath.Join(DefaultSocketDir, name+".sock") }
 
-// ControlPathFor is where the control socket goes by default when a
-// device socket is given: beside it, so daemons in different directories
-// (tests, say) never meet.
-func ControlPathFor(socket string) string {
-	if socket == "" {
-		return control.DefaultSocket
-	}
-	return filepath.Join(filepath.Dir(socket), "control.sock")
-}
-
 // Daemon is a running server: its devices, their sockets, the NBD server.
 // It implements control.Manager.
 type Daemon struct {

@@ -88,13 +88,6 @@ func ParseRealtimeMode(s string) (RealtimeMode, error) {
 	return 0, fmt.Errorf("unknown realtime mode %q (want never, auto or always)", s)
 }
 
-// All returns Options with every step enabled: what `uzram serve` uses unless
-// told otherwise by --no-io-flusher, --no-mlock, --no-oom-adj or
-// --realtime never.
-func All() Options {
-	return Options{IOFlusher: true, Mlock: true, OOMScoreAdj: true, Realtime: RealtimeAuto}
-}
-
 // Thread flag bits from include/linux/sched.h, as shown in field 9 of
 // /proc/<pid>/task/<tid>/stat. PR_SET_IO_FLUSHER sets both.
 const (
