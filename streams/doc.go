@@ -11,22 +11,25 @@
 //     variable when none is idle, surplus streams freed on Put when the
 //     maximum shrinks.
 //
-// Pools are grouped by priority in a Set (0 the primary algorithm, 1..3 the
-// recompression algorithms) and kept alive by a sharded reference count in
-// the manner of zswap's percpu_ref.
+// A device holds one pool per priority (0 the primary algorithm,
+// 1..MaxPriority the recompression algorithms; blockdev's compressor table),
+// each kept alive by a sharded reference count in the manner of zswap's
+// percpu_ref.
 //
 // # Usage
 //
-//	s, err := set.Get(0)            // takes a ref on the priority-0 pool
+//	p.TryRef()                      // the request pins the current pool
+//	s, err := p.Get()
 //	n, err := s.Ctx.Compress(s.Buf, page)
-//	s.Pool().Ref()                  // the stored page pins its pool...
-//	set.Put(s)                      // ...Put drops Get's ref
+//	p.Ref()                         // the stored page pins its pool...
+//	p.Put(s)
+//	p.Unref()                       // ...the request's ref goes
 //	// later, reading or freeing the page: p.Get/p.Put on the page's pool,
 //	// then p.Unref() when the page is freed or rewritten.
 //
-// The hot path (Get, Put, Ref, Unref, and the zcomp work on the stream's
-// buffers) allocates nothing; TestHotPathAllocs checks it with
-// testing.AllocsPerRun in both modes, through a Pool and through a Set.
+// The hot path (Get, Put, TryRef, Ref, Unref, and the zcomp work on the
+// stream's buffers) allocates nothing; TestHotPathAllocs checks it with
+// testing.AllocsPerRun in both modes, with and without the references.
 //
 // # CPU slot: the runtime's P, not the OS CPU
 //
@@ -72,10 +75,10 @@
 //
 // # Pool lifetime and refcount
 //
-// A pool is referenced by everything that needs it: the Set that installed
-// it (the creator's reference), in-flight requests (Set.Get to Set.Put), and
-// stored pages it compressed (Ref/Unref). Switching the primary algorithm
-// installs a new pool with SetPool, which kills the old one; the old pool
+// A pool is referenced by everything that needs it: the device that
+// installed it (the creator's reference), in-flight requests (TryRef to
+// Unref), and stored pages it compressed (Ref/Unref). Switching the primary
+// algorithm installs a new pool and kills the old one; the old pool
 // keeps decompressing its pages until the last is freed, then is destroyed
 // and OnRelease runs (TestAlgorithmSwitchUnderLoad).
 //
