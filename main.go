@@ -20,6 +20,7 @@ import (
 	"github.com/uzram/uzram/blockdev/nbd"
 	"github.com/uzram/uzram/control"
 	"github.com/uzram/uzram/daemon"
+	"github.com/uzram/uzram/hostmem"
 	"github.com/uzram/uzram/recompress"
 	"github.com/uzram/uzram/sizes"
 	"github.com/uzram/uzram/streams"
@@ -600,7 +601,7 @@ func setupCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			ram, err := control.HostRAMMiB()
+			ram, err := hostmem.RAMMiB()
 			if err != nil {
 				return err
 			}

@@ -257,29 +257,3 @@ func (c *SwapConfig) SizeBytes(ramMiB float64) (int64, error) {
 	}
 	return sizes.RoundPage(int64(math.Ceil(b))), nil
 }
-
-// HostRAMMiB reads MemTotal from /proc/meminfo, in MiB.
-func HostRAMMiB() (float64, error) {
-	kib, err := MeminfoKiB("MemTotal")
-	return float64(kib) / 1024, err
-}
-
-// MeminfoKiB reads one field of /proc/meminfo ("MemTotal", "MemAvailable"), in KiB.
-func MeminfoKiB(field string) (int64, error) {
-	b, err := os.ReadFile("/proc/meminfo")
-	if err != nil {
-		return 0, fmt.Errorf("reading host memory: %w", err)
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if rest, ok := strings.CutPrefix(line, field+":"); ok {
-			f := strings.Fields(rest)
-			if len(f) >= 1 {
-				kib, err := strconv.ParseInt(f[0], 10, 64)
-				if err == nil {
-					return kib, nil
-				}
-			}
-		}
-	}
-	return 0, fmt.Errorf("no %s in /proc/meminfo", field)
-}

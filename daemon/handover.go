@@ -42,7 +42,7 @@ import (
 
 	"github.com/uzram/uzram/blockdev"
 	"github.com/uzram/uzram/blockdev/nbd"
-	"github.com/uzram/uzram/control"
+	"github.com/uzram/uzram/hostmem"
 	"github.com/uzram/uzram/state"
 	"github.com/uzram/uzram/zcomp"
 )
@@ -123,7 +123,7 @@ func (d *Daemon) canHandOver(req handoverRequest) error {
 		need += s.ComprDataSize + stateRecordBytes*(s.PagesStored+s.SamePages)
 	}
 	need += handoverHeadroom
-	if kib, err := control.MeminfoKiB("MemAvailable"); err == nil && kib<<10 < need {
+	if kib, err := hostmem.MeminfoKiB("MemAvailable"); err == nil && kib<<10 < need {
 		return fmt.Errorf("carrying %d MiB of stores over needs %d MiB of available memory, and %d MiB are: free some memory or swapoff first",
 			compr>>20, need>>20, kib>>10)
 	}
