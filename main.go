@@ -25,7 +25,9 @@ import (
 	"github.com/uzram/uzram/sizes"
 	"github.com/uzram/uzram/streams"
 	"github.com/uzram/uzram/swapsafe"
+	"github.com/uzram/uzram/swapsetup"
 	"github.com/uzram/uzram/zcomp"
+	"github.com/uzram/uzram/zramctl"
 )
 
 func main() {
@@ -276,7 +278,7 @@ func client(c *cli.Context) *control.Client {
 func listFlags() []cli.Flag {
 	return []cli.Flag{
 		&cli.StringFlag{Name: "control", Value: control.DefaultSocket, EnvVars: []string{"UZRAM_CONTROL"}, Usage: "the daemon's control socket"},
-		&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Usage: "columns to print, comma-separated; +LIST adds to the defaults (" + strings.Join(control.AllColumns(), ",") + ")"},
+		&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Usage: "columns to print, comma-separated; +LIST adds to the defaults (" + strings.Join(zramctl.AllColumns(), ",") + ")"},
 		&cli.BoolFlag{Name: "output-all", Usage: "print every column"},
 		&cli.BoolFlag{Name: "raw", Usage: "raw output: no alignment"},
 		&cli.BoolFlag{Name: "bytes", Aliases: []string{"b"}, Usage: "sizes in bytes rather than 1.2G"},
@@ -336,14 +338,14 @@ func listAction(c *cli.Context) error {
 		}
 		return nil
 	}
-	opts := control.ListOptions{Raw: c.Bool("raw"), Bytes: c.Bool("bytes"), NoHeadings: c.Bool("noheadings"), JSON: c.Bool("json")}
+	opts := zramctl.ListOptions{Raw: c.Bool("raw"), Bytes: c.Bool("bytes"), NoHeadings: c.Bool("noheadings"), JSON: c.Bool("json")}
 	switch {
 	case c.Bool("output-all") && c.IsSet("output"):
 		return fmt.Errorf("--output and --output-all: give one")
 	case c.Bool("output-all"):
-		opts.Columns = control.AllColumns()
+		opts.Columns = zramctl.AllColumns()
 	case c.IsSet("output"):
-		cols, err := control.ParseColumns(c.String("output"))
+		cols, err := zramctl.ParseColumns(c.String("output"))
 		if err != nil {
 			return fmt.Errorf("--output: %w", err)
 		}
@@ -364,7 +366,7 @@ func listAction(c *cli.Context) error {
 		}
 		devs = append(devs, d)
 	}
-	return control.WriteList(os.Stdout, devs, opts)
+	return zramctl.WriteList(os.Stdout, devs, opts)
 }
 
 // knobCommand is one zram sysfs knob: `uzram CMD NAME VALUE...` writes the
@@ -507,7 +509,7 @@ func attachCommand() *cli.Command {
 			if c.NArg() < 1 || c.NArg() > 2 {
 				return fmt.Errorf("attach needs NAME and optionally /dev/nbdN")
 			}
-			nbd, err := control.Attach(client(c), c.Args().Get(0), c.Args().Get(1), c.Bool("swap"))
+			nbd, err := swapsetup.Attach(client(c), c.Args().Get(0), c.Args().Get(1), c.Bool("swap"))
 			if err != nil {
 				return err
 			}
@@ -525,7 +527,7 @@ func detachCommand() *cli.Command {
 			if c.NArg() != 1 {
 				return fmt.Errorf("detach needs NAME or /dev/nbdN")
 			}
-			_, _, err := control.Detach(client(c), c.Args().First())
+			_, _, err := swapsetup.Detach(client(c), c.Args().First())
 			return err
 		},
 	}
@@ -553,7 +555,7 @@ func swaponCommand() *cli.Command {
 			if c.String("size") == "" {
 				return fmt.Errorf("swapon needs --size, like uzram swapon --size 4G")
 			}
-			name, nbd, err := control.SwapOn(client(c), control.SwapOptions{
+			name, nbd, err := swapsetup.SwapOn(client(c), swapsetup.SwapOptions{
 				Create: control.CreateRequest{
 					Name: c.Args().First(), Size: c.String("size"), Algorithm: c.String("algorithm"),
 					AlgorithmParams: c.String("algorithm-params"), Streams: c.Int("streams"), MemLimit: c.String("mem-limit"),
@@ -577,7 +579,7 @@ func swapoffCommand() *cli.Command {
 			if c.NArg() != 1 {
 				return fmt.Errorf("swapoff needs one device NAME")
 			}
-			_, err := control.SwapOff(client(c), c.Args().First())
+			_, err := swapsetup.SwapOff(client(c), c.Args().First())
 			return err
 		},
 	}
@@ -597,7 +599,7 @@ func setupCommand() *cli.Command {
 			if c.NArg() > 0 {
 				return fmt.Errorf("setup takes no arguments, got %q", c.Args().First())
 			}
-			cfgs, err := control.LoadConfig(c.String("config"))
+			cfgs, err := swapsetup.LoadConfig(c.String("config"))
 			if err != nil {
 				return err
 			}
@@ -635,7 +637,7 @@ func setupCommand() *cli.Command {
 				} else if !errors.Is(err, control.ErrNotFound) {
 					return err
 				}
-				name, nbd, err := control.SwapOn(cl, control.SwapOptions{
+				name, nbd, err := swapsetup.SwapOn(cl, swapsetup.SwapOptions{
 					Create: control.CreateRequest{
 						Name: sc.Name, Size: strconv.FormatInt(size[i], 10), Algorithm: algo,
 						AlgorithmParams: sc.AlgorithmParams, Streams: sc.Streams, MemLimit: sc.MemLimit,

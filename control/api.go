@@ -1,15 +1,15 @@
 // Package control is uzram's control plane: an HTTP+JSON API on a unix
 // socket that the daemon serves and the CLI calls. The daemon implements
 // Manager; Handler turns HTTP requests into Manager calls and Manager errors
-// into status codes; Client is the other end. The package also holds what the
-// CLI needs around the API and nowhere else: zramctl's list formats
-// (table.go), the config file of `uzram setup` (config.go, expr.go) and the
-// nbd-client plumbing of `uzram attach` (attach.go).
+// into status codes; Client is the other end. What the CLI does around the
+// API lives in zramctl (the list formats) and swapsetup (attach, swapon, the
+// setup config file).
 package control
 
 import (
 	"errors"
 	"fmt"
+	"regexp"
 )
 
 // DefaultSocket is where `uzram serve` listens for control requests unless
@@ -124,6 +124,12 @@ type KnobResult struct {
 type AttachRequest struct {
 	NBD string `json:"nbd"`
 }
+
+var nbdPattern = regexp.MustCompile(`^/dev/nbd[0-9]+$`)
+
+// IsNBD reports whether s names an NBD device node, /dev/nbdN: what an
+// AttachRequest may record.
+func IsNBD(s string) bool { return nbdPattern.MatchString(s) }
 
 // errorBody is every non-2xx response.
 type errorBody struct {

@@ -698,7 +698,7 @@ func (d *Daemon) unlink(name string) (*entry, error) {
 
 // SetAttachment implements control.Manager.
 func (d *Daemon) SetAttachment(name, nbd string) error {
-	if nbd != "" && !nbdPattern.MatchString(nbd) {
+	if nbd != "" && !control.IsNBD(nbd) {
 		return control.Errorf(control.ErrInvalid, "bad NBD device %q: want /dev/nbdN", nbd)
 	}
 	d.mu.Lock()
