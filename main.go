@@ -21,6 +21,7 @@ import (
 	"github.com/uzram/uzram/control"
 	"github.com/uzram/uzram/daemon"
 	"github.com/uzram/uzram/hostmem"
+	"github.com/uzram/uzram/knob"
 	"github.com/uzram/uzram/recompress"
 	"github.com/uzram/uzram/sizes"
 	"github.com/uzram/uzram/streams"
@@ -369,82 +370,74 @@ func listAction(c *cli.Context) error {
 	return zramctl.WriteList(os.Stdout, devs, opts)
 }
 
-// knobCommand is one zram sysfs knob: `uzram CMD NAME VALUE...` writes the
-// value (the arguments joined by spaces, so quoting is optional).
-func knobCommand(name, knob, usage, argsUsage string, nargs int, value func(args []string) (string, error)) *cli.Command {
-	return &cli.Command{
-		Name: name, Usage: usage, ArgsUsage: "NAME " + argsUsage, OnUsageError: usageError,
+// knobCommand is one knob of package knob's table: `uzram CMD NAME VALUE...`
+// writes the value.
+func knobCommand(k knob.Knob) *cli.Command {
+	name := k.Command()
+	nargs := 1
+	if k.ArgsUsage == "" {
+		nargs = 0
+	}
+	cmd := &cli.Command{
+		Name: name, Usage: k.Usage, ArgsUsage: "NAME " + k.ArgsUsage, OnUsageError: usageError,
 		Action: func(c *cli.Context) error {
 			args := c.Args().Slice()
 			if len(args) < 1+nargs {
-				return fmt.Errorf("%s needs NAME %s", name, argsUsage)
+				return fmt.Errorf("%s needs NAME %s", name, k.ArgsUsage)
 			}
 			if nargs == 0 && len(args) > 1 {
 				return fmt.Errorf("%s takes only NAME, got %q too", name, args[1])
 			}
-			v, err := value(args[1:])
+			v, err := k.ValueOf(args[1:])
 			if err != nil {
 				return err
 			}
-			res, err := client(c).SetKnob(args[0], knob, v)
+			if k.Progress && (isTerminal(os.Stderr) || c.Bool("progress")) {
+				return setWithBar(client(c), args[0], k.Name, v)
+			}
+			var res string
+			if k.Long {
+				res, err = client(c).SetKnobProgress(args[0], k.Name, v, nil)
+			} else {
+				res, err = client(c).SetKnob(args[0], k.Name, v)
+			}
 			if res != "" {
 				fmt.Println(res)
 			}
 			return err
 		},
 	}
-}
-
-func joined(args []string) (string, error) { return strings.Join(args, " "), nil }
-
-// recompressCommand is the recompress knob with a progress bar on stderr
-// when it is a terminal (or with --progress).
-func recompressCommand() *cli.Command {
-	cmd := knobCommand("recompress", "recompress", "recompress idle or huge pages", `"type=idle|huge|huge_idle threshold=N max_pages=N"`, 1, joined)
-	cmd.Flags = []cli.Flag{&cli.BoolFlag{Name: "progress", Usage: "show progress even when stderr is not a terminal"}}
-	plain := cmd.Action
-	cmd.Action = func(c *cli.Context) error {
-		tty := isTerminal(os.Stderr)
-		if !tty && !c.Bool("progress") {
-			return plain(c)
-		}
-		args := c.Args().Slice()
-		if len(args) < 2 {
-			return plain(c) // its usage error
-		}
-		bar := recompress.NewBar(os.Stderr, true)
-		var last recompress.Result
-		res, err := client(c).SetKnobProgress(args[0], "recompress", strings.Join(args[1:], " "), func(raw json.RawMessage) {
-			if json.Unmarshal(raw, &last) == nil {
-				bar.Update(last)
-			}
-		})
-		if err != nil {
-			if last.Done > 0 {
-				fmt.Fprintln(os.Stderr)
-			}
-			return err
-		}
-		fmt.Fprintf(os.Stderr, "\r%s\x1b[K\n", recompress.FormatProgress(last, 32))
-		fmt.Println(res)
-		return nil
+	if k.Progress {
+		cmd.Flags = []cli.Flag{&cli.BoolFlag{Name: "progress", Usage: "show progress even when stderr is not a terminal"}}
 	}
 	return cmd
+}
+
+// setWithBar writes a knob that reports progress (recompress), with a
+// progress bar on stderr while it runs.
+func setWithBar(cl *control.Client, name, knob, value string) error {
+	bar := recompress.NewBar(os.Stderr, true)
+	var last recompress.Result
+	res, err := cl.SetKnobProgress(name, knob, value, func(raw json.RawMessage) {
+		if json.Unmarshal(raw, &last) == nil {
+			bar.Update(last)
+		}
+	})
+	if err != nil {
+		if last.Done > 0 {
+			fmt.Fprintln(os.Stderr)
+		}
+		return err
+	}
+	fmt.Fprintf(os.Stderr, "\r%s\x1b[K\n", recompress.FormatProgress(last, 32))
+	fmt.Println(res)
+	return nil
 }
 
 // isTerminal reports whether f is a character device (a terminal).
 func isTerminal(f *os.File) bool {
 	fi, err := f.Stat()
 	return err == nil && fi.Mode()&os.ModeCharDevice != 0
-}
-
-func one(what string) func([]string) (string, error) {
-	return func(args []string) (string, error) {
-		if len(args) != 1 {
-			return "", fmt.Errorf("want one %s, got %q", what, strings.Join(args, " "))
-		}
-		return args[0], nil
-	}
 }
 
 func statUsage(file string) string {
@@ -473,31 +466,14 @@ func statCommand(file string) *cli.Command {
 }
 
 func clientCommands() []*cli.Command {
-	return []*cli.Command{
-		knobCommand("mem-limit", "mem_limit", "set the device's store memory limit (0: none)", "SIZE", 1, one("SIZE, like 1G")),
-		knobCommand("mem-used-max", "mem_used_max", "reset mem_used_max to the current use", "reset", 1, func(a []string) (string, error) {
-			if len(a) != 1 || a[0] != "reset" && a[0] != "0" {
-				return "", fmt.Errorf("mem-used-max takes NAME reset, got %q", strings.Join(a, " "))
-			}
-			return "0", nil
-		}),
-		knobCommand("compact", "compact", "give sparse store memory back to the OS", "", 0, func([]string) (string, error) { return "1", nil }),
-		knobCommand("idle", "idle", "mark pages idle: all, or those untouched for SECONDS", "all|SECONDS", 1, one("all or SECONDS")),
-		knobCommand("recomp-algorithm", "recomp_algorithm", "set a recompression algorithm", `"algo=zstd priority=1"`, 1, joined),
-		recompressCommand(),
-		knobCommand("algorithm-params", "algorithm_params", "set an algorithm's parameters", `"[priority=N|algo=NAME] level=N dict=PATH"`, 1, joined),
-		knobCommand("comp-algorithm", "comp_algorithm", "switch the primary algorithm (stored pages keep theirs)", "ALGORITHM [level=N ...]", 1, joined),
-		knobCommand("max-comp-streams", "max_comp_streams", "set the number of compression streams (0: one per CPU)", "N", 1, one("stream count")),
-		statCommand("mm_stat"),
-		statCommand("io_stat"),
-		statCommand("debug_stat"),
-		statCommand("recomp_stat"),
-		attachCommand(),
-		detachCommand(),
-		swaponCommand(),
-		swapoffCommand(),
-		setupCommand(),
+	var cmds []*cli.Command
+	for _, k := range knob.All {
+		cmds = append(cmds, knobCommand(k))
 	}
+	for _, file := range control.StatFiles {
+		cmds = append(cmds, statCommand(file))
+	}
+	return append(cmds, attachCommand(), detachCommand(), swaponCommand(), swapoffCommand(), setupCommand())
 }
 
 func attachCommand() *cli.Command {

@@ -95,15 +95,6 @@ type Compressor struct {
 	Current   bool   `json:"current"` // new pages of its priority use it
 }
 
-// Knobs are the zram sysfs files a device takes writes to, by their zram
-// names; the value is what would be written to the file.
-var Knobs = []string{
-	"mem_limit", "mem_used_max", "compact", "idle", "recomp_algorithm", "recompress", "algorithm_params",
-	// Beyond zram, which fixes these at setup: switch the primary algorithm
-	// ("zstd level=3"), change the stream count.
-	"comp_algorithm", "max_comp_streams",
-}
-
 // StatFiles are the stats files the API serves as text, by zram name.
 var StatFiles = []string{"mm_stat", "io_stat", "debug_stat", "recomp_stat"}
 

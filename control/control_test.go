@@ -53,6 +53,9 @@ func (f *fakeManager) Remove(name string) error {
 }
 
 func (f *fakeManager) SetKnob(_ context.Context, name, knob, value string) (string, error) {
+	if knob == "frobnicate" {
+		return "", Errorf(ErrInvalid, "no knob %q", knob)
+	}
 	f.knobs = append(f.knobs, name+" "+knob+" "+value)
 	if knob == "compact" {
 		return "compacted", nil
