@@ -12,9 +12,13 @@ import (
 	"regexp"
 )
 
+// DefaultSocketDir holds the daemon's sockets unless told otherwise: one
+// per device (NAME.sock) and the control socket.
+const DefaultSocketDir = "/run/uzram"
+
 // DefaultSocket is where `uzram serve` listens for control requests unless
 // told otherwise; it sits with the devices' sockets.
-const DefaultSocket = "/run/uzram/control.sock"
+const DefaultSocket = DefaultSocketDir + "/control.sock"
 
 // Errors a Manager returns, wrapped with a message for the admin. Handler
 // maps them to HTTP status codes and Client maps the codes back, so the CLI

@@ -43,7 +43,7 @@ type Config struct {
 	NoDevice bool            // start empty; devices come through the control API
 	Socket   string          // the first device's unix socket; "" for none
 	// SocketDir holds the sockets of devices created at runtime
-	// (SocketDir/NAME.sock); "" means Socket's directory, or DefaultSocketDir.
+	// (SocketDir/NAME.sock); "" means SocketDirFor(Socket).
 	SocketDir string
 	Listen    string // TCP host:port serving every export; "" for none
 	// Control is the control API's unix socket; "" for none. If
@@ -78,12 +78,18 @@ type Config struct {
 	AutoRecompress *recompress.Policy
 }
 
-// DefaultSocketDir holds the default sockets, one per device, and the
-// control socket.
-const DefaultSocketDir = "/run/uzram"
-
 // SocketPath is the default socket of a device.
-func SocketPath(name string) string { return filepath.Join(DefaultSocketDir, name+".sock") }
+func SocketPath(name string) string { return filepath.Join(control.DefaultSocketDir, name+".sock") }
+
+// SocketDirFor is where the sockets of devices created at runtime go unless
+// told: beside the first device's socket, or in control.DefaultSocketDir
+// when there is none.
+func SocketDirFor(socket string) string {
+	if socket == "" {
+		return control.DefaultSocketDir
+	}
+	return filepath.Dir(socket)
+}
 
 // Daemon is a running server: its devices, their sockets, the NBD server.
 // It implements control.Manager.
@@ -140,10 +146,7 @@ func Run(ctx context.Context, cfg Config) error {
 		cfg.Stdout = os.Stdout
 	}
 	if cfg.SocketDir == "" {
-		cfg.SocketDir = DefaultSocketDir
-		if cfg.Socket != "" {
-			cfg.SocketDir = filepath.Dir(cfg.Socket)
-		}
+		cfg.SocketDir = SocketDirFor(cfg.Socket)
 	}
 	if cfg.Swapsafe.OnRealtime == nil {
 		cfg.Swapsafe.OnRealtime = func(on bool, free uint64) {
@@ -565,7 +568,7 @@ func (d *Daemon) infoLocked(e *entry, sockets []string) control.Device {
 // Create implements control.Manager: it checks the request the way the
 // admin wrote it, so every error names the bad value and what would do.
 func (d *Daemon) Create(req control.CreateRequest) (control.Device, error) {
-	cfg, err := deviceConfig(req)
+	cfg, err := DeviceConfig(req)
 	if err != nil {
 		return control.Device{}, err
 	}
@@ -594,8 +597,9 @@ func (d *Daemon) freeNameLocked() string {
 	}
 }
 
-// deviceConfig turns an API request into a device configuration.
-func deviceConfig(req control.CreateRequest) (blockdev.Config, error) {
+// DeviceConfig turns a request for a device, from the API or serve's flags,
+// into a device configuration, checking it the way the admin wrote it.
+func DeviceConfig(req control.CreateRequest) (blockdev.Config, error) {
 	var cfg blockdev.Config
 	if req.Name != "" && !namePattern.MatchString(req.Name) {
 		return cfg, control.Errorf(control.ErrInvalid,
