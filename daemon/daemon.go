@@ -186,12 +186,12 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	if handed == nil && cfg.Takeover {
-		if handed, err = takeOver(cfg); err != nil {
+		if handed, err = receiveHandover(cfg); err != nil {
 			return fmt.Errorf("daemon: %w", err)
 		}
 	}
 	if handed != nil {
-		if first, tcpL, err = d.takeOver(handed); err != nil {
+		if first, tcpL, err = d.restoreHandover(handed); err != nil {
 			return err
 		}
 	} else if !cfg.NoDevice {

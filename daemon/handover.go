@@ -309,9 +309,9 @@ type takeover struct {
 	files []*os.File // in the manifest's order; nil once taken
 }
 
-// takeOver asks the daemon on cfg.Control to hand over to a daemon
+// receiveHandover asks the daemon on cfg.Control to hand over to a daemon
 // configured as cfg, and returns what it sent.
-func takeOver(cfg Config) (*takeover, error) {
+func receiveHandover(cfg Config) (*takeover, error) {
 	control := cfg.Control
 	if control == "" {
 		return nil, errors.New("--takeover needs the control socket the running daemon answers on")
@@ -489,11 +489,11 @@ func (d *Daemon) isHandedOff() bool {
 	return d.handedOff
 }
 
-// takeOver runs the successor's side: every device the old daemon ran,
-// with its contents, listener and attachment, then its connections. It
-// returns the device the flags name (nil with --no-device) and the TCP
-// listener, if one came.
-func (d *Daemon) takeOver(t *takeover) (first *entry, tcp net.Listener, err error) {
+// restoreHandover runs the successor's side: it recreates every device the
+// old daemon ran, with its contents, listener and attachment, then adopts
+// its connections. It returns the device the flags name (nil with
+// --no-device) and the TCP listener, if one came.
+func (d *Daemon) restoreHandover(t *takeover) (first *entry, tcp net.Listener, err error) {
 	defer t.close()
 	devs, tcp, err := t.split()
 	if err != nil {
