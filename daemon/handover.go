@@ -6,7 +6,7 @@ package daemon
 // without closing a single socket. The kernel's nbd driver never sees a
 // connection die, so an attached device, swap included, waits out the gap
 // instead of failing or stalling for its request timeout
-// (hack/README-reliability.md).
+// (docs/reliability.md).
 //
 //	new: POST /v1/handover on the control socket, saying what it was
 //	     started for (the same flags as the old one)

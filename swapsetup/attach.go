@@ -144,7 +144,7 @@ func Attach(c *control.Client, name, nbd string, swap bool) (string, error) {
 		// Writeback throttling (wbt) holds swap writes back to meet a
 		// latency target meant for disks: under memory pressure reclaim
 		// then waits in wbt_wait while memory runs out (seen in the guest,
-		// hack/guest-README.md). zram has no such queue; switch it off.
+		// docs/guest.md). zram has no such queue; switch it off.
 		// Best effort: a kernel without wbt has no file.
 		_ = os.WriteFile(filepath.Join(SysBlock, filepath.Base(nbd), "queue", "wbt_lat_usec"), []byte("0\n"), 0)
 	}
