@@ -100,46 +100,15 @@
 // procPin's cost rose. Sharding is for many-core machines (the kernel's case:
 // 128 CPUs); on 2 vCPUs it is a wash.
 //
-// # Benchmarks
+// # Choice of mode
 //
-// Measured 2026-11-23 on the development VM: 2 vCPU AMD EPYC, Go 1.26.8,
-// linux/amd64, shared with other engineers' builds (load average 8-15 during
-// the run, so absolute numbers are 2-4x slower than on an idle machine).
-// go test -bench GetPut -benchtime=200ms -benchmem, 5 interleaved runs; the
-// two modes of each row run back to back, and the ratio column is the median
-// of the 5 paired ratios, the statistic that survives the noise. "none" is
-// Get+Put alone (the strategy's own cost); lz4 and zstd add compressing and
-// decompressing one 4 KiB page on the stream. ns/op is wall time per
-// operation over all callers (lower = more throughput). Every row allocates
-// nothing.
-//
-//	callers  algo   percpu ns/op  pool ns/op  percpu/pool  allocs/op  waits/op (percpu, pool)
-//	      1  none            125        65.1         1.62          0  0.000, 0.000
-//	      2  none           82.3         106         0.81          0  0.000, 0.000
-//	      8  none            105         172         0.68          0  0.000, 0.000
-//	     64  none           85.1         108         0.74          0  0.000, 0.000
-//	    256  none            147         110         0.52          0  0.000, 0.001
-//	      1  lz4           62593       53273         0.80          0  0.000, 0.000
-//	      2  lz4           62065       67074         0.99          0  0.000, 0.000
-//	      8  lz4           58369       50792         0.99          0  0.005, 0.001
-//	     64  lz4           56732       56378         0.90          0  0.021, 0.006
-//	    256  lz4           67495       75608         1.08          0  0.069, 0.015
-//	      1  zstd         151686      231266         0.94          0  0.000, 0.000
-//	      2  zstd         140856      206888         0.76          0  0.000, 0.000
-//	      8  zstd         200996      185816         0.94          0  0.012, 0.002
-//	     64  zstd         204288      142682         1.22          0  0.073, 0.025
-//	    256  zstd         199575      177395         0.83          0  0.220, 0.092
-//
-// Reading it: the strategies' own cost is tens of nanoseconds against 15-200
-// microseconds of compression work, so with a codec the modes are within the
-// noise of this machine (paired ratios 0.8-1.2; a calmer run, load ~5, had
-// PerCPU ahead with lz4 at 1-64 callers, 0.18-0.63). Get+Put alone, PerCPU
-// wins from 2 callers up (0.52-0.81) and loses only to a single caller, where
-// the pool's uncontended lock is cheaper than procPin plus the slot checks.
-// PerCPU waits more (callers that share a P queue on its slot) but never
-// bounces one lock line between cores, keeps each stream warm in one core's
-// cache, and allocates nothing after creation. The block device runs many
-// concurrent requests, so DefaultMode is PerCPU. Pooled remains the choice
-// for secondary (recompression) pools when memory matters more: it allocates
-// only the streams actually used at once.
+// DefaultMode is PerCPU. The strategies' own cost is tens of nanoseconds
+// against 15-200 microseconds of compression, so with a codec the modes
+// measure within noise of each other; Get+Put alone, PerCPU wins from two
+// callers up, and it never bounces one lock line between cores, keeps each
+// stream warm in one core's cache and allocates nothing after creation. The
+// block device runs many concurrent requests. Pooled remains the choice for
+// secondary (recompression) pools when memory matters more: it allocates
+// only the streams actually used at once. The figures and the command that
+// reproduces them: docs/benchmarks.md.
 package streams
