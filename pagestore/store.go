@@ -51,7 +51,7 @@ type Options struct {
 }
 
 const (
-	// DefaultCompactRatio: the budget is 5% over the compressed data;
+	// DefaultCompactRatio: the store's budget is 5% over the compressed data;
 	// fragmentation may take about half of it before compaction moves objects.
 	DefaultCompactRatio = 0.025
 	// DefaultCompactMinBytes keeps small stores from compacting for a few spans.

@@ -1,5 +1,6 @@
 // Package swapsafe prepares a process that serves a swap device to keep
-// working when the machine is out of memory (DESIGN.md section 4, lesson 5).
+// working when the machine is out of memory (docs/guest.md: what a guest
+// out of memory showed without it).
 //
 // A swap device's server is part of the kernel's reclaim path: when memory is
 // short the kernel writes pages out through it, so the server must not wait

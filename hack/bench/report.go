@@ -215,7 +215,7 @@ func (kr *kindResult) writeTable(b *strings.Builder, title string, cell func([]s
 // writeRatios writes each uzram target's figures over its peers'.
 func (kr *kindResult) writeRatios(b *strings.Builder) {
 	// Ratios of median IOPS: against the transport ceiling and the
-	// compressed-RAM peer, the two comparisons the targets name;
+	// compressed-RAM peer, the two comparisons README's Performance makes;
 	// a narrowed run (--targets) gets the columns of the peers it has.
 	var uz []*target
 	for _, t := range kr.targets {
