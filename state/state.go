@@ -423,32 +423,19 @@ func appendString(b []byte, s string) []byte {
 	return append(b, s...)
 }
 
-func takeUint16(b *[]byte) (uint16, bool) {
-	if len(*b) < 2 {
+// take reads an n-byte big-endian integer off the front of *b.
+func take[T uint16 | uint32 | uint64](b *[]byte, n int, get func([]byte) T) (T, bool) {
+	if len(*b) < n {
 		return 0, false
 	}
-	v := binary.BigEndian.Uint16(*b)
-	*b = (*b)[2:]
+	v := get(*b)
+	*b = (*b)[n:]
 	return v, true
 }
 
-func takeUint32(b *[]byte) (uint32, bool) {
-	if len(*b) < 4 {
-		return 0, false
-	}
-	v := binary.BigEndian.Uint32(*b)
-	*b = (*b)[4:]
-	return v, true
-}
-
-func takeUint64(b *[]byte) (uint64, bool) {
-	if len(*b) < 8 {
-		return 0, false
-	}
-	v := binary.BigEndian.Uint64(*b)
-	*b = (*b)[8:]
-	return v, true
-}
+func takeUint16(b *[]byte) (uint16, bool) { return take(b, 2, binary.BigEndian.Uint16) }
+func takeUint32(b *[]byte) (uint32, bool) { return take(b, 4, binary.BigEndian.Uint32) }
+func takeUint64(b *[]byte) (uint64, bool) { return take(b, 8, binary.BigEndian.Uint64) }
 
 func takeString(b *[]byte) (string, bool) {
 	n, ok := takeUint16(b)
