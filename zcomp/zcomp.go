@@ -87,6 +87,7 @@ import (
 	"fmt"
 	"math/bits"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 )
@@ -154,6 +155,23 @@ func ValidateLevel(name string, level int) error {
 		return fmt.Errorf("zcomp: %s has no levels (got level=%d)", name, level)
 	}
 	return nil
+}
+
+// resolveLevel checks level with v and turns 0 into def, the backend's
+// default: what each NewContext does first.
+func resolveLevel(v LevelValidator, level, def int) (int, error) {
+	if err := v.ValidateLevel(level); err != nil {
+		return 0, err
+	}
+	if level == 0 {
+		return def, nil
+	}
+	return level, nil
+}
+
+// checkLevel is checkRange for a backend whose default is a level.
+func checkLevel(name string, level, lo, hi, def int) error {
+	return checkRange(name, level, lo, hi, strconv.Itoa(def))
 }
 
 // checkRange is the shared shape of the backends' level checks.
