@@ -16,15 +16,18 @@ import (
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/uzram/uzram/blockdev"
 	"github.com/uzram/uzram/blockdev/nbd"
 	"github.com/uzram/uzram/control"
 	"github.com/uzram/uzram/daemon"
+	"github.com/uzram/uzram/hostmem"
+	"github.com/uzram/uzram/knob"
 	"github.com/uzram/uzram/recompress"
 	"github.com/uzram/uzram/sizes"
 	"github.com/uzram/uzram/streams"
 	"github.com/uzram/uzram/swapsafe"
+	"github.com/uzram/uzram/swapsetup"
 	"github.com/uzram/uzram/zcomp"
+	"github.com/uzram/uzram/zramctl"
 )
 
 func main() {
@@ -50,163 +53,164 @@ func main() {
 
 func serveCommand() *cli.Command {
 	return &cli.Command{
-		Name:  "serve",
-		Usage: "run the NBD server (default: one 1 GiB lz4 device uzram0 on /run/uzram/uzram0.sock)",
-		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "size", Value: "1G", Usage: "device size in bytes or with a K/M/G/T suffix, rounded up to 4 KiB"},
-			&cli.StringFlag{Name: "algorithm", Value: zcomp.Default, Usage: "compression algorithm: lz4, lz4hc, zstd, deflate"},
-			&cli.StringFlag{Name: "algorithm-params", Usage: `algorithm parameters, zram style: "level=3 dict=/path"`},
-			&cli.StringFlag{Name: "name", Value: "uzram0", Usage: "export name"},
-			&cli.StringFlag{Name: "socket", Usage: "unix socket path (default /run/uzram/NAME.sock)"},
-			&cli.StringFlag{Name: "listen", Usage: "also serve TCP on HOST:PORT (off unless asked)"},
-			&cli.StringFlag{Name: "mem-limit", Value: "0", Usage: "most store memory the device may hold (0: no limit)"},
-			&cli.StringFlag{Name: "stream-mode", Value: streams.DefaultMode.String(), Usage: "compression streams: percpu or pool"},
-			&cli.IntFlag{Name: "streams", Usage: "number of compression streams (0: one per CPU)"},
-			&cli.BoolFlag{Name: "no-io-flusher", Usage: "do not set PR_SET_IO_FLUSHER on the server's threads"},
-			&cli.BoolFlag{Name: "no-mlock", Usage: "do not lock the server's memory"},
-			&cli.BoolFlag{Name: "no-oom-adj", Usage: "do not set oom_score_adj to -1000"},
-			&cli.StringFlag{Name: "realtime", Value: "auto", Usage: "when the server's threads run in SCHED_RR, which lets their allocations use the kernel's reserve: auto (while free memory is below --realtime-below), always, never"},
-			&cli.StringFlag{Name: "realtime-below", Usage: "free memory under which --realtime auto goes real-time (default: RAM/16, at least 16x vm.min_free_kbytes, at most RAM/2)"},
-			&cli.BoolFlag{Name: "no-realtime", Usage: "same as --realtime never"},
-			&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, Usage: "log connections"},
-			&cli.StringFlag{Name: "control", Usage: "control API unix socket (default: control.sock beside the device sockets)"},
-			&cli.StringFlag{Name: "socket-dir", Usage: "directory for the sockets of devices created at runtime (default: --socket's, or /run/uzram)"},
-			&cli.BoolFlag{Name: "no-device", Usage: "start with no device; create them later with: uzram --find --size SIZE"},
-			&cli.StringFlag{Name: "metrics", Usage: "serve Prometheus metrics on [HOST:]PORT (a bare port listens on 127.0.0.1)"},
-			&cli.StringFlag{Name: "state-file", Usage: "restore the device's contents from PATH at start and save them there at shutdown"},
-			&cli.BoolFlag{Name: "takeover", Usage: "replace the daemon running on the same control socket (start it with the same flags) without closing a connection: every device, its contents and its sockets come over; attached devices, swap included, just wait"},
-			&cli.StringFlag{Name: "socket-mode", Value: "0600", Usage: "permission bits of device sockets, octal (0660 lets --socket-group attach)"},
-			&cli.StringFlag{Name: "socket-group", Usage: "group owning device sockets (name or id)"},
-			&cli.StringFlag{Name: "tls-cert", Usage: "PEM certificate offered with NBD_OPT_STARTTLS"},
-			&cli.StringFlag{Name: "tls-key", Usage: "PEM private key of --tls-cert"},
-			&cli.StringFlag{Name: "tls-ca", Usage: "PEM CA: clients must present a certificate it signed"},
-			&cli.BoolFlag{Name: "tls-required", Usage: "refuse TCP clients that do not start TLS"},
-			&cli.BoolFlag{Name: "read-only", Usage: "export read-only: writes, trims and zeroes fail with EPERM"},
-			&cli.StringSliceFlag{Name: "recomp-algorithm", Usage: `recompression algorithm of the first device, zram style: "algo=zstd priority=1 [level=N] [dict=PATH]" (repeatable)`},
-			&cli.StringFlag{Name: "auto-recompress", Usage: `recompress idle and huge pages in the background, within a CPU budget: "idle_age=600 interval=60 cpu=0.1 [type=idle,huge] [max_pages=N]" (off unless given; "default" for the defaults)`},
-		},
+		Name:         "serve",
+		Usage:        "run the NBD server (default: one 1 GiB lz4 device uzram0 on /run/uzram/uzram0.sock)",
+		Flags:        serveFlags(),
 		OnUsageError: usageError,
-		Action: func(c *cli.Context) error {
-			if c.NArg() > 0 {
-				return fmt.Errorf("serve takes no arguments, got %q", c.Args().First())
-			}
-			size, err := sizes.Parse(c.String("size"))
-			if err != nil {
-				return fmt.Errorf("--size: %w", err)
-			}
-			if size == 0 {
-				return fmt.Errorf("--size: a device needs at least one page (4K)")
-			}
-			limit, err := sizes.Parse(c.String("mem-limit"))
-			if err != nil {
-				return fmt.Errorf("--mem-limit: %w", err)
-			}
-			if _, err := zcomp.Lookup(c.String("algorithm")); err != nil {
-				return fmt.Errorf("--algorithm: %w", err)
-			}
-			params, err := zcomp.ParseParams(c.String("algorithm-params"))
-			if err != nil {
-				return fmt.Errorf("--algorithm-params: %w", err)
-			}
-			rt, rtBelow, err := realtimeFlags(c)
-			if err != nil {
-				return err
-			}
-			mode, err := streams.ParseMode(c.String("stream-mode"))
-			if err != nil {
-				return fmt.Errorf("--stream-mode: %w", err)
-			}
-			if c.Int("streams") < 0 {
-				return fmt.Errorf("--streams: want 0 (one per CPU) or more, got %d", c.Int("streams"))
-			}
-			name := c.String("name")
-			socket := c.String("socket")
-			if c.Bool("no-device") {
-				if socket != "" {
-					return fmt.Errorf("--socket names the first device's socket, but --no-device asks for none: use --socket-dir")
-				}
-			} else if socket == "" {
-				socket = daemon.SocketPath(name)
-			}
-			sockDir := c.String("socket-dir")
-			if sockDir == "" {
-				sockDir = daemon.DefaultSocketDir
-				if socket != "" {
-					sockDir = filepath.Dir(socket)
-				}
-			}
-			// An explicit control socket must work; a defaulted one beside
-			// a device socket may be taken by another daemon of the old
-			// one-device kind, which is only worth a warning.
-			ctl, explicit := controlFlag(c)
-			if !explicit {
-				ctl = filepath.Join(sockDir, "control.sock")
-			}
-			level := slog.LevelInfo
-			if c.Bool("verbose") {
-				level = slog.LevelDebug
-			}
-			sockMode, err := daemon.ParseSocketMode(c.String("socket-mode"))
-			if err != nil {
-				return fmt.Errorf("--socket-mode: %w", err)
-			}
-			srvOpts := nbd.ServerOptions{ReadOnly: c.Bool("read-only"), TLSRequired: c.Bool("tls-required")}
-			if c.String("tls-cert") != "" || c.String("tls-key") != "" || c.String("tls-ca") != "" {
-				if srvOpts.TLS, err = nbd.LoadTLSConfig(c.String("tls-cert"), c.String("tls-key"), c.String("tls-ca")); err != nil {
-					return fmt.Errorf("--tls-cert/--tls-key/--tls-ca: %w", err)
-				}
-			} else if srvOpts.TLSRequired {
-				return fmt.Errorf("--tls-required needs --tls-cert and --tls-key")
-			}
-			var recomp []recompress.Algorithm
-			for _, spec := range c.StringSlice("recomp-algorithm") {
-				a, err := recompress.ParseAlgorithm(spec)
-				if err != nil {
-					return fmt.Errorf("--recomp-algorithm: %w", err)
-				}
-				recomp = append(recomp, a)
-			}
-			var auto *recompress.Policy
-			if spec := c.String("auto-recompress"); spec != "" {
-				if spec == "default" {
-					spec = ""
-				}
-				p, err := recompress.ParsePolicy(spec)
-				if err != nil {
-					return fmt.Errorf("--auto-recompress: %w", err)
-				}
-				auto = &p
-			}
-			if c.String("state-file") != "" && c.Bool("no-device") {
-				return fmt.Errorf("--state-file holds the first device's contents, but --no-device asks for none")
-			}
-			return daemon.Run(context.Background(), daemon.Config{
-				Server:           srvOpts,
-				StateFile:        c.String("state-file"),
-				Takeover:         c.Bool("takeover"),
-				RecompAlgorithms: recomp,
-				AutoRecompress:   auto,
-				SocketMode:       sockMode,
-				SocketGroup:      c.String("socket-group"),
-				Device: blockdev.Config{
-					Name: name, Size: sizes.RoundPage(size), Algorithm: c.String("algorithm"), Params: params,
-					ParamsText: c.String("algorithm-params"), StreamMode: mode, Streams: c.Int("streams"), MemLimit: limit,
-				},
-				NoDevice:        c.Bool("no-device"),
-				Socket:          socket,
-				SocketDir:       sockDir,
-				Listen:          c.String("listen"),
-				Control:         ctl,
-				ControlOptional: !explicit && !c.Bool("no-device"),
-				Metrics:         c.String("metrics"),
-				Swapsafe: swapsafe.Options{
-					IOFlusher: !c.Bool("no-io-flusher"), Mlock: !c.Bool("no-mlock"), OOMScoreAdj: !c.Bool("no-oom-adj"),
-					Realtime: rt, RealtimeBelow: rtBelow,
-				},
-				Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})),
-			})
-		},
+		Action:       serveAction,
 	}
+}
+
+func serveFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringFlag{Name: "size", Value: "1G", Usage: "device size in bytes or with a K/M/G/T suffix, rounded up to 4 KiB"},
+		&cli.StringFlag{Name: "algorithm", Value: zcomp.Default, Usage: "compression algorithm: lz4, lz4hc, zstd, deflate"},
+		&cli.StringFlag{Name: "algorithm-params", Usage: `algorithm parameters, zram style: "level=3 dict=/path"`},
+		&cli.StringFlag{Name: "name", Value: "uzram0", Usage: "export name"},
+		&cli.StringFlag{Name: "socket", Usage: "unix socket path (default /run/uzram/NAME.sock)"},
+		&cli.StringFlag{Name: "listen", Usage: "also serve TCP on HOST:PORT (off unless asked)"},
+		&cli.StringFlag{Name: "mem-limit", Value: "0", Usage: "most store memory the device may hold (0: no limit)"},
+		&cli.StringFlag{Name: "stream-mode", Value: streams.DefaultMode.String(), Usage: "compression streams: percpu or pool"},
+		&cli.IntFlag{Name: "streams", Usage: "number of compression streams (0: one per CPU)"},
+		&cli.BoolFlag{Name: "no-io-flusher", Usage: "do not set PR_SET_IO_FLUSHER on the server's threads"},
+		&cli.BoolFlag{Name: "no-mlock", Usage: "do not lock the server's memory"},
+		&cli.BoolFlag{Name: "no-oom-adj", Usage: "do not set oom_score_adj to -1000"},
+		&cli.StringFlag{Name: "realtime", Value: "auto", Usage: "when the server's threads run in SCHED_RR, which lets their allocations use the kernel's reserve: auto (while free memory is below --realtime-below), always, never"},
+		&cli.StringFlag{Name: "realtime-below", Usage: "free memory under which --realtime auto goes real-time (default: RAM/16, at least 16x vm.min_free_kbytes, at most RAM/2)"},
+		&cli.BoolFlag{Name: "no-realtime", Usage: "same as --realtime never"},
+		&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, Usage: "log connections"},
+		&cli.StringFlag{Name: "control", Usage: "control API unix socket (default: control.sock beside the device sockets)"},
+		&cli.StringFlag{Name: "socket-dir", Usage: "directory for the sockets of devices created at runtime (default: --socket's, or /run/uzram)"},
+		&cli.BoolFlag{Name: "no-device", Usage: "start with no device; create them later with: uzram --find --size SIZE"},
+		&cli.StringFlag{Name: "metrics", Usage: "serve Prometheus metrics on [HOST:]PORT (a bare port listens on 127.0.0.1)"},
+		&cli.StringFlag{Name: "state-file", Usage: "restore the device's contents from PATH at start and save them there at shutdown"},
+		&cli.BoolFlag{Name: "takeover", Usage: "replace the daemon running on the same control socket (start it with the same flags) without closing a connection: every device, its contents and its sockets come over; attached devices, swap included, just wait"},
+		&cli.StringFlag{Name: "socket-mode", Value: "0600", Usage: "permission bits of device sockets, octal (0660 lets --socket-group attach)"},
+		&cli.StringFlag{Name: "socket-group", Usage: "group owning device sockets (name or id)"},
+		&cli.StringFlag{Name: "tls-cert", Usage: "PEM certificate offered with NBD_OPT_STARTTLS"},
+		&cli.StringFlag{Name: "tls-key", Usage: "PEM private key of --tls-cert"},
+		&cli.StringFlag{Name: "tls-ca", Usage: "PEM CA: clients must present a certificate it signed"},
+		&cli.BoolFlag{Name: "tls-required", Usage: "refuse TCP clients that do not start TLS"},
+		&cli.BoolFlag{Name: "read-only", Usage: "export read-only: writes, trims and zeroes fail with EPERM"},
+		&cli.StringSliceFlag{Name: "recomp-algorithm", Usage: `recompression algorithm of the first device, zram style: "algo=zstd priority=1 [level=N] [dict=PATH]" (repeatable)`},
+		&cli.StringFlag{Name: "auto-recompress", Usage: `recompress idle and huge pages in the background, within a CPU budget: "idle_age=600 interval=60 cpu=0.1 [type=idle,huge] [max_pages=N]" (off unless given; "default" for the defaults)`},
+	}
+}
+
+// serveAction runs the daemon with the configuration serve's flags give.
+func serveAction(c *cli.Context) error {
+	if c.NArg() > 0 {
+		return fmt.Errorf("serve takes no arguments, got %q", c.Args().First())
+	}
+	cfg := daemon.Config{
+		NoDevice: c.Bool("no-device"), Listen: c.String("listen"), Metrics: c.String("metrics"),
+		StateFile: c.String("state-file"), Takeover: c.Bool("takeover"), SocketGroup: c.String("socket-group"),
+	}
+	var err error
+	// The first device is checked as one created at runtime is.
+	cfg.Device, err = daemon.DeviceConfig(control.CreateRequest{
+		Name: c.String("name"), Size: c.String("size"), Algorithm: c.String("algorithm"),
+		AlgorithmParams: c.String("algorithm-params"), StreamMode: c.String("stream-mode"),
+		Streams: c.Int("streams"), MemLimit: c.String("mem-limit"),
+	})
+	if err != nil {
+		return err
+	}
+	if cfg.StateFile != "" && cfg.NoDevice {
+		return fmt.Errorf("--state-file holds the first device's contents, but --no-device asks for none")
+	}
+	if err := socketFlags(c, &cfg); err != nil {
+		return err
+	}
+	if cfg.Server, err = serverFlags(c); err != nil {
+		return err
+	}
+	if cfg.RecompAlgorithms, cfg.AutoRecompress, err = recompressFlags(c); err != nil {
+		return err
+	}
+	rt, rtBelow, err := realtimeFlags(c)
+	if err != nil {
+		return err
+	}
+	cfg.Swapsafe = swapsafe.Options{
+		IOFlusher: !c.Bool("no-io-flusher"), Mlock: !c.Bool("no-mlock"), OOMScoreAdj: !c.Bool("no-oom-adj"),
+		Realtime: rt, RealtimeBelow: rtBelow,
+	}
+	level := slog.LevelInfo
+	if c.Bool("verbose") {
+		level = slog.LevelDebug
+	}
+	cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	return daemon.Run(context.Background(), cfg)
+}
+
+// socketFlags reads where serve listens: the first device's socket, the
+// directory for the sockets of devices created at runtime, the control
+// socket, and who may connect.
+func socketFlags(c *cli.Context, cfg *daemon.Config) error {
+	cfg.Socket = c.String("socket")
+	if cfg.NoDevice {
+		if cfg.Socket != "" {
+			return fmt.Errorf("--socket names the first device's socket, but --no-device asks for none: use --socket-dir")
+		}
+	} else if cfg.Socket == "" {
+		cfg.Socket = daemon.SocketPath(cfg.Device.Name)
+	}
+	cfg.SocketDir = c.String("socket-dir")
+	if cfg.SocketDir == "" {
+		cfg.SocketDir = daemon.SocketDirFor(cfg.Socket)
+	}
+	// An explicit control socket must work; a defaulted one beside a
+	// device socket may be taken by another daemon of the old one-device
+	// kind, which is only worth a warning.
+	ctl, explicit := controlFlag(c)
+	if !explicit {
+		ctl = filepath.Join(cfg.SocketDir, "control.sock")
+	}
+	cfg.Control, cfg.ControlOptional = ctl, !explicit && !cfg.NoDevice
+	var err error
+	if cfg.SocketMode, err = daemon.ParseSocketMode(c.String("socket-mode")); err != nil {
+		return fmt.Errorf("--socket-mode: %w", err)
+	}
+	return nil
+}
+
+// serverFlags reads the NBD server's options: read-only and TLS.
+func serverFlags(c *cli.Context) (nbd.ServerOptions, error) {
+	o := nbd.ServerOptions{ReadOnly: c.Bool("read-only"), TLSRequired: c.Bool("tls-required")}
+	if c.String("tls-cert") != "" || c.String("tls-key") != "" || c.String("tls-ca") != "" {
+		var err error
+		if o.TLS, err = nbd.LoadTLSConfig(c.String("tls-cert"), c.String("tls-key"), c.String("tls-ca")); err != nil {
+			return o, fmt.Errorf("--tls-cert/--tls-key/--tls-ca: %w", err)
+		}
+	} else if o.TLSRequired {
+		return o, fmt.Errorf("--tls-required needs --tls-cert and --tls-key")
+	}
+	return o, nil
+}
+
+// recompressFlags reads --recomp-algorithm and --auto-recompress.
+func recompressFlags(c *cli.Context) ([]recompress.Algorithm, *recompress.Policy, error) {
+	var recomp []recompress.Algorithm
+	for _, spec := range c.StringSlice("recomp-algorithm") {
+		a, err := recompress.ParseAlgorithm(spec)
+		if err != nil {
+			return nil, nil, fmt.Errorf("--recomp-algorithm: %w", err)
+		}
+		recomp = append(recomp, a)
+	}
+	spec := c.String("auto-recompress")
+	if spec == "" {
+		return recomp, nil, nil
+	}
+	if spec == "default" {
+		spec = ""
+	}
+	p, err := recompress.ParsePolicy(spec)
+	if err != nil {
+		return nil, nil, fmt.Errorf("--auto-recompress: %w", err)
+	}
+	return recomp, &p, nil
 }
 
 // realtimeFlags reads --realtime, --realtime-below and --no-realtime.
@@ -275,7 +279,7 @@ func client(c *cli.Context) *control.Client {
 func listFlags() []cli.Flag {
 	return []cli.Flag{
 		&cli.StringFlag{Name: "control", Value: control.DefaultSocket, EnvVars: []string{"UZRAM_CONTROL"}, Usage: "the daemon's control socket"},
-		&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Usage: "columns to print, comma-separated; +LIST adds to the defaults (" + strings.Join(control.AllColumns(), ",") + ")"},
+		&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Usage: "columns to print, comma-separated; +LIST adds to the defaults (" + strings.Join(zramctl.AllColumns(), ",") + ")"},
 		&cli.BoolFlag{Name: "output-all", Usage: "print every column"},
 		&cli.BoolFlag{Name: "raw", Usage: "raw output: no alignment"},
 		&cli.BoolFlag{Name: "bytes", Aliases: []string{"b"}, Usage: "sizes in bytes rather than 1.2G"},
@@ -335,14 +339,14 @@ func listAction(c *cli.Context) error {
 		}
 		return nil
 	}
-	opts := control.ListOptions{Raw: c.Bool("raw"), Bytes: c.Bool("bytes"), NoHeadings: c.Bool("noheadings"), JSON: c.Bool("json")}
+	opts := zramctl.ListOptions{Raw: c.Bool("raw"), Bytes: c.Bool("bytes"), NoHeadings: c.Bool("noheadings"), JSON: c.Bool("json")}
 	switch {
 	case c.Bool("output-all") && c.IsSet("output"):
 		return fmt.Errorf("--output and --output-all: give one")
 	case c.Bool("output-all"):
-		opts.Columns = control.AllColumns()
+		opts.Columns = zramctl.AllColumns()
 	case c.IsSet("output"):
-		cols, err := control.ParseColumns(c.String("output"))
+		cols, err := zramctl.ParseColumns(c.String("output"))
 		if err != nil {
 			return fmt.Errorf("--output: %w", err)
 		}
@@ -363,85 +367,77 @@ func listAction(c *cli.Context) error {
 		}
 		devs = append(devs, d)
 	}
-	return control.WriteList(os.Stdout, devs, opts)
+	return zramctl.WriteList(os.Stdout, devs, opts)
 }
 
-// knobCommand is one zram sysfs knob: `uzram CMD NAME VALUE...` writes the
-// value (the arguments joined by spaces, so quoting is optional).
-func knobCommand(name, knob, usage, argsUsage string, nargs int, value func(args []string) (string, error)) *cli.Command {
-	return &cli.Command{
-		Name: name, Usage: usage, ArgsUsage: "NAME " + argsUsage, OnUsageError: usageError,
+// knobCommand is one knob of package knob's table: `uzram CMD NAME VALUE...`
+// writes the value.
+func knobCommand(k knob.Knob) *cli.Command {
+	name := k.Command()
+	nargs := 1
+	if k.ArgsUsage == "" {
+		nargs = 0
+	}
+	cmd := &cli.Command{
+		Name: name, Usage: k.Usage, ArgsUsage: "NAME " + k.ArgsUsage, OnUsageError: usageError,
 		Action: func(c *cli.Context) error {
 			args := c.Args().Slice()
 			if len(args) < 1+nargs {
-				return fmt.Errorf("%s needs NAME %s", name, argsUsage)
+				return fmt.Errorf("%s needs NAME %s", name, k.ArgsUsage)
 			}
 			if nargs == 0 && len(args) > 1 {
 				return fmt.Errorf("%s takes only NAME, got %q too", name, args[1])
 			}
-			v, err := value(args[1:])
+			v, err := k.ValueOf(args[1:])
 			if err != nil {
 				return err
 			}
-			res, err := client(c).SetKnob(args[0], knob, v)
+			if k.Progress && (isTerminal(os.Stderr) || c.Bool("progress")) {
+				return setWithBar(client(c), args[0], k.Name, v)
+			}
+			var res string
+			if k.Long {
+				res, err = client(c).SetKnobProgress(args[0], k.Name, v, nil)
+			} else {
+				res, err = client(c).SetKnob(args[0], k.Name, v)
+			}
 			if res != "" {
 				fmt.Println(res)
 			}
 			return err
 		},
 	}
-}
-
-func joined(args []string) (string, error) { return strings.Join(args, " "), nil }
-
-// recompressCommand is the recompress knob with a progress bar on stderr
-// when it is a terminal (or with --progress).
-func recompressCommand() *cli.Command {
-	cmd := knobCommand("recompress", "recompress", "recompress idle or huge pages", `"type=idle|huge|huge_idle threshold=N max_pages=N"`, 1, joined)
-	cmd.Flags = []cli.Flag{&cli.BoolFlag{Name: "progress", Usage: "show progress even when stderr is not a terminal"}}
-	plain := cmd.Action
-	cmd.Action = func(c *cli.Context) error {
-		tty := isTerminal(os.Stderr)
-		if !tty && !c.Bool("progress") {
-			return plain(c)
-		}
-		args := c.Args().Slice()
-		if len(args) < 2 {
-			return plain(c) // its usage error
-		}
-		bar := recompress.NewBar(os.Stderr, true)
-		var last recompress.Result
-		res, err := client(c).SetKnobProgress(args[0], "recompress", strings.Join(args[1:], " "), func(raw json.RawMessage) {
-			if json.Unmarshal(raw, &last) == nil {
-				bar.Update(last)
-			}
-		})
-		if err != nil {
-			if last.Done > 0 {
-				fmt.Fprintln(os.Stderr)
-			}
-			return err
-		}
-		fmt.Fprintf(os.Stderr, "\r%s\x1b[K\n", recompress.FormatProgress(last, 32))
-		fmt.Println(res)
-		return nil
+	if k.Progress {
+		cmd.Flags = []cli.Flag{&cli.BoolFlag{Name: "progress", Usage: "show progress even when stderr is not a terminal"}}
 	}
 	return cmd
+}
+
+// setWithBar writes a knob that reports progress (recompress), with a
+// progress bar on stderr while it runs.
+func setWithBar(cl *control.Client, name, knob, value string) error {
+	bar := recompress.NewBar(os.Stderr, true)
+	var last recompress.Result
+	res, err := cl.SetKnobProgress(name, knob, value, func(raw json.RawMessage) {
+		if json.Unmarshal(raw, &last) == nil {
+			bar.Update(last)
+		}
+	})
+	if err != nil {
+		if last.Done > 0 {
+			fmt.Fprintln(os.Stderr)
+		}
+		return err
+	}
+	fmt.Fprintf(os.Stderr, "\r%s\x1b[K\n", recompress.FormatProgress(last, 32))
+	fmt.Println(res)
+	return nil
 }
 
 // isTerminal reports whether f is a character device (a terminal).
 func isTerminal(f *os.File) bool {
 	fi, err := f.Stat()
 	return err == nil && fi.Mode()&os.ModeCharDevice != 0
-}
-
-func one(what string) func([]string) (string, error) {
-	return func(args []string) (string, error) {
-		if len(args) != 1 {
-			return "", fmt.Errorf("want one %s, got %q", what, strings.Join(args, " "))
-		}
-		return args[0], nil
-	}
 }
 
 func statUsage(file string) string {
@@ -470,31 +466,14 @@ func statCommand(file string) *cli.Command {
 }
 
 func clientCommands() []*cli.Command {
-	return []*cli.Command{
-		knobCommand("mem-limit", "mem_limit", "set the device's store memory limit (0: none)", "SIZE", 1, one("SIZE, like 1G")),
-		knobCommand("mem-used-max", "mem_used_max", "reset mem_used_max to the current use", "reset", 1, func(a []string) (string, error) {
-			if len(a) != 1 || a[0] != "reset" && a[0] != "0" {
-				return "", fmt.Errorf("mem-used-max takes NAME reset, got %q", strings.Join(a, " "))
-			}
-			return "0", nil
-		}),
-		knobCommand("compact", "compact", "give sparse store memory back to the OS", "", 0, func([]string) (string, error) { return "1", nil }),
-		knobCommand("idle", "idle", "mark pages idle: all, or those untouched for SECONDS", "all|SECONDS", 1, one("all or SECONDS")),
-		knobCommand("recomp-algorithm", "recomp_algorithm", "set a recompression algorithm", `"algo=zstd priority=1"`, 1, joined),
-		recompressCommand(),
-		knobCommand("algorithm-params", "algorithm_params", "set an algorithm's parameters", `"[priority=N|algo=NAME] level=N dict=PATH"`, 1, joined),
-		knobCommand("comp-algorithm", "comp_algorithm", "switch the primary algorithm (stored pages keep theirs)", "ALGORITHM [level=N ...]", 1, joined),
-		knobCommand("max-comp-streams", "max_comp_streams", "set the number of compression streams (0: one per CPU)", "N", 1, one("stream count")),
-		statCommand("mm_stat"),
-		statCommand("io_stat"),
-		statCommand("debug_stat"),
-		statCommand("recomp_stat"),
-		attachCommand(),
-		detachCommand(),
-		swaponCommand(),
-		swapoffCommand(),
-		setupCommand(),
+	var cmds []*cli.Command
+	for _, k := range knob.All {
+		cmds = append(cmds, knobCommand(k))
 	}
+	for _, file := range control.StatFiles {
+		cmds = append(cmds, statCommand(file))
+	}
+	return append(cmds, attachCommand(), detachCommand(), swaponCommand(), swapoffCommand(), setupCommand())
 }
 
 func attachCommand() *cli.Command {
@@ -506,7 +485,7 @@ func attachCommand() *cli.Command {
 			if c.NArg() < 1 || c.NArg() > 2 {
 				return fmt.Errorf("attach needs NAME and optionally /dev/nbdN")
 			}
-			nbd, err := control.Attach(client(c), c.Args().Get(0), c.Args().Get(1), c.Bool("swap"))
+			nbd, err := swapsetup.Attach(client(c), c.Args().Get(0), c.Args().Get(1), c.Bool("swap"))
 			if err != nil {
 				return err
 			}
@@ -524,7 +503,7 @@ func detachCommand() *cli.Command {
 			if c.NArg() != 1 {
 				return fmt.Errorf("detach needs NAME or /dev/nbdN")
 			}
-			_, _, err := control.Detach(client(c), c.Args().First())
+			_, _, err := swapsetup.Detach(client(c), c.Args().First())
 			return err
 		},
 	}
@@ -552,7 +531,7 @@ func swaponCommand() *cli.Command {
 			if c.String("size") == "" {
 				return fmt.Errorf("swapon needs --size, like uzram swapon --size 4G")
 			}
-			name, nbd, err := control.SwapOn(client(c), control.SwapOptions{
+			name, nbd, err := swapsetup.SwapOn(client(c), swapsetup.SwapOptions{
 				Create: control.CreateRequest{
 					Name: c.Args().First(), Size: c.String("size"), Algorithm: c.String("algorithm"),
 					AlgorithmParams: c.String("algorithm-params"), Streams: c.Int("streams"), MemLimit: c.String("mem-limit"),
@@ -576,7 +555,7 @@ func swapoffCommand() *cli.Command {
 			if c.NArg() != 1 {
 				return fmt.Errorf("swapoff needs one device NAME")
 			}
-			_, err := control.SwapOff(client(c), c.Args().First())
+			_, err := swapsetup.SwapOff(client(c), c.Args().First())
 			return err
 		},
 	}
@@ -596,11 +575,11 @@ func setupCommand() *cli.Command {
 			if c.NArg() > 0 {
 				return fmt.Errorf("setup takes no arguments, got %q", c.Args().First())
 			}
-			cfgs, err := control.LoadConfig(c.String("config"))
+			cfgs, err := swapsetup.LoadConfig(c.String("config"))
 			if err != nil {
 				return err
 			}
-			ram, err := control.HostRAMMiB()
+			ram, err := hostmem.RAMMiB()
 			if err != nil {
 				return err
 			}
@@ -634,7 +613,7 @@ func setupCommand() *cli.Command {
 				} else if !errors.Is(err, control.ErrNotFound) {
 					return err
 				}
-				name, nbd, err := control.SwapOn(cl, control.SwapOptions{
+				name, nbd, err := swapsetup.SwapOn(cl, swapsetup.SwapOptions{
 					Create: control.CreateRequest{
 						Name: sc.Name, Size: strconv.FormatInt(size[i], 10), Algorithm: algo,
 						AlgorithmParams: sc.AlgorithmParams, Streams: sc.Streams, MemLimit: sc.MemLimit,

@@ -1,30 +1,33 @@
 // Package control is uzram's control plane: an HTTP+JSON API on a unix
 // socket that the daemon serves and the CLI calls. The daemon implements
 // Manager; Handler turns HTTP requests into Manager calls and Manager errors
-// into status codes; Client is the other end. The package also holds what the
-// CLI needs around the API and nowhere else: zramctl's list formats
-// (table.go), the config file of `uzram setup` (config.go, expr.go) and the
-// nbd-client plumbing of `uzram attach` (attach.go).
+// into status codes; Client is the other end. What the CLI does around the
+// API lives in zramctl (the list formats) and swapsetup (attach, swapon, the
+// setup config file).
 package control
 
 import (
 	"errors"
 	"fmt"
+	"regexp"
 )
+
+// DefaultSocketDir holds the daemon's sockets unless told otherwise: one
+// per device (NAME.sock) and the control socket.
+const DefaultSocketDir = "/run/uzram"
 
 // DefaultSocket is where `uzram serve` listens for control requests unless
 // told otherwise; it sits with the devices' sockets.
-const DefaultSocket = "/run/uzram/control.sock"
+const DefaultSocket = DefaultSocketDir + "/control.sock"
 
 // Errors a Manager returns, wrapped with a message for the admin. Handler
 // maps them to HTTP status codes and Client maps the codes back, so the CLI
 // can tell "no such device" from "busy" without parsing text.
 var (
-	ErrNotFound    = errors.New("no such device")
-	ErrBusy        = errors.New("device busy")
-	ErrInvalid     = errors.New("invalid request")
-	ErrExists      = errors.New("device exists")
-	ErrUnsupported = errors.New("not supported by this daemon yet")
+	ErrNotFound = errors.New("no such device")
+	ErrBusy     = errors.New("device busy")
+	ErrInvalid  = errors.New("invalid request")
+	ErrExists   = errors.New("device exists")
 )
 
 // CreateRequest asks for a new device. Sizes are strings in sizes.Parse's
@@ -96,15 +99,6 @@ type Compressor struct {
 	Current   bool   `json:"current"` // new pages of its priority use it
 }
 
-// Knobs are the zram sysfs files a device takes writes to, by their zram
-// names; the value is what would be written to the file.
-var Knobs = []string{
-	"mem_limit", "mem_used_max", "compact", "idle", "recomp_algorithm", "recompress", "algorithm_params",
-	// Beyond zram, which fixes these at setup: switch the primary algorithm
-	// ("zstd level=3"), change the stream count.
-	"comp_algorithm", "max_comp_streams",
-}
-
 // StatFiles are the stats files the API serves as text, by zram name.
 var StatFiles = []string{"mm_stat", "io_stat", "debug_stat", "recomp_stat"}
 
@@ -125,6 +119,12 @@ type KnobResult struct {
 type AttachRequest struct {
 	NBD string `json:"nbd"`
 }
+
+var nbdPattern = regexp.MustCompile(`^/dev/nbd[0-9]+$`)
+
+// IsNBD reports whether s names an NBD device node, /dev/nbdN: what an
+// AttachRequest may record.
+func IsNBD(s string) bool { return nbdPattern.MatchString(s) }
 
 // errorBody is every non-2xx response.
 type errorBody struct {

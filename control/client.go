@@ -137,15 +137,12 @@ func (c *Client) Remove(name string) error {
 	return c.do(http.MethodDelete, devPath(name), nil, nil)
 }
 
-// SetKnob writes a zram knob (one of Knobs) and returns what the daemon
-// had to say about it, if anything.
+// SetKnob writes a zram knob and returns what the daemon had to say about
+// it, if anything. Long knobs (compact, recompress) go through
+// SetKnobProgress, which waits without a deadline.
 func (c *Client) SetKnob(name, knob, value string) (string, error) {
-	hc := c.hc
-	if knob == "recompress" || knob == "compact" {
-		hc = c.long
-	}
 	var res KnobResult
-	err := c.doWith(hc, http.MethodPut, devPath(name)+"/"+knob, KnobRequest{Value: value}, &res)
+	err := c.do(http.MethodPut, devPath(name)+"/"+knob, KnobRequest{Value: value}, &res)
 	return res.Result, err
 }
 

@@ -19,8 +19,10 @@ type Manager interface {
 	Create(req CreateRequest) (Device, error)
 	// Remove frees a device (zram's reset); refused with ErrBusy while attached.
 	Remove(name string) error
-	// SetKnob writes value to one of Knobs and may say what it did. ctx
-	// ends when the caller goes away, so a long recompress stops with it.
+	// SetKnob writes value to a knob, a zram sysfs file by its name
+	// (package knob has the table), and may say what it did; an unknown
+	// knob is ErrInvalid. ctx ends when the caller goes away, so a long
+	// recompress stops with it.
 	SetKnob(ctx context.Context, name, knob, value string) (string, error)
 	// SetAttachment records or (nbd "") forgets the device's /dev/nbdN.
 	SetAttachment(name, nbd string) error
@@ -98,10 +100,6 @@ func Handler(m Manager) http.Handler {
 	})
 	mux.HandleFunc("PUT "+apiPrefix+"/{name}/{knob}", func(w http.ResponseWriter, r *http.Request) {
 		knob := r.PathValue("knob")
-		if !slices.Contains(Knobs, knob) {
-			writeError(w, Errorf(ErrInvalid, "no knob %q (known: %v)", knob, Knobs))
-			return
-		}
 		var req KnobRequest
 		if !readJSON(w, r, &req) {
 			return
@@ -161,8 +159,6 @@ func statusOf(err error) int {
 		return http.StatusConflict
 	case errors.Is(err, ErrInvalid):
 		return http.StatusBadRequest
-	case errors.Is(err, ErrUnsupported):
-		return http.StatusNotImplemented
 	}
 	return http.StatusInternalServerError
 }
@@ -180,8 +176,6 @@ func kindOf(code int) error {
 		return ErrBusy
 	case http.StatusBadRequest:
 		return ErrInvalid
-	case http.StatusNotImplemented:
-		return ErrUnsupported
 	}
 	return fmt.Errorf("daemon error (HTTP %d)", code)
 }

@@ -60,8 +60,9 @@ func streamKnob(w http.ResponseWriter, r *http.Request, m Manager, name, knob, v
 	send(progressLine{Result: &res})
 }
 
-// SetKnobProgress is SetKnob for long knobs: onProgress gets each progress
-// report (JSON, as the daemon's knob produced it) while the knob runs.
+// SetKnobProgress is SetKnob for long knobs: it waits without a deadline,
+// and onProgress, if not nil, gets each progress report (JSON, as the
+// daemon's knob produced it) while the knob runs.
 func (c *Client) SetKnobProgress(name, knob, value string, onProgress func(json.RawMessage)) (string, error) {
 	b, _ := json.Marshal(KnobRequest{Value: value})
 	req, err := http.NewRequest(http.MethodPut, "http://uzram"+devPath(name)+"/"+knob, bytes.NewReader(b))

@@ -43,7 +43,7 @@ type Config struct {
 	NoDevice bool            // start empty; devices come through the control API
 	Socket   string          // the first device's unix socket; "" for none
 	// SocketDir holds the sockets of devices created at runtime
-	// (SocketDir/NAME.sock); "" means Socket's directory, or DefaultSocketDir.
+	// (SocketDir/NAME.sock); "" means SocketDirFor(Socket).
 	SocketDir string
 	Listen    string // TCP host:port serving every export; "" for none
 	// Control is the control API's unix socket; "" for none. If
@@ -78,21 +78,17 @@ type Config struct {
 	AutoRecompress *recompress.Policy
 }
 
-// DefaultSocketDir holds the default sockets, one per device, and the
-// control socket.
-const DefaultSocketDir = "/run/uzram"
-
 // SocketPath is the default socket of a device.
-func SocketPath(name string) string { return filepath.Join(DefaultSocketDir, name+".sock") }
+func SocketPath(name string) string { return filepath.Join(control.DefaultSocketDir, name+".sock") }
 
-// ControlPathFor is where the control socket goes by default when a
-// device socket is given: beside it, so daemons in different directories
-// (tests, say) never meet.
-func ControlPathFor(socket string) string {
+// SocketDirFor is where the sockets of devices created at runtime go unless
+// told: beside the first device's socket, or in control.DefaultSocketDir
+// when there is none.
+func SocketDirFor(socket string) string {
 	if socket == "" {
-		return control.DefaultSocket
+		return control.DefaultSocketDir
 	}
-	return filepath.Join(filepath.Dir(socket), "control.sock")
+	return filepath.Dir(socket)
 }
 
 // Daemon is a running server: its devices, their sockets, the NBD server.
@@ -140,8 +136,32 @@ func (e *entry) close() error {
 	return e.dev.Close()
 }
 
-// Run serves until ctx is done or SIGINT/SIGTERM arrives.
+// Run serves until ctx is done or SIGINT/SIGTERM arrives: it makes the
+// devices and listens (listen), serves until told to stop (serveUntilStop),
+// then shuts down or hands over (shutDown).
 func Run(ctx context.Context, cfg Config) error {
+	d := newDaemon(cfg)
+	defer d.closeAll()
+	defer d.startHeapReturn()()    // prefault.go: the Go heap shrinks back after a big TRIM
+	exe, exeErr := os.Executable() // now: an upgrade may replace the file later
+	ls := &listeners{}
+	defer ls.close(d)
+	if err := d.listen(ls); err != nil {
+		return err
+	}
+	if d.cfg.Ready != nil {
+		d.cfg.Ready()
+	}
+	// Caught until Run returns: a second SIGTERM must not kill a draining daemon.
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGUSR1, syscall.SIGUSR2)
+	defer signal.Stop(sigs)
+	return d.shutDown(ls, d.serveUntilStop(ctx, sigs, exe, exeErr))
+}
+
+// newDaemon fills cfg's defaults, makes the process safe to be swap and
+// builds the daemon, with no device or socket yet.
+func newDaemon(cfg Config) *Daemon {
 	log := cfg.Logger
 	if log == nil {
 		log = slog.Default()
@@ -150,10 +170,7 @@ func Run(ctx context.Context, cfg Config) error {
 		cfg.Stdout = os.Stdout
 	}
 	if cfg.SocketDir == "" {
-		cfg.SocketDir = DefaultSocketDir
-		if cfg.Socket != "" {
-			cfg.SocketDir = filepath.Dir(cfg.Socket)
-		}
+		cfg.SocketDir = SocketDirFor(cfg.Socket)
 	}
 	if cfg.Swapsafe.OnRealtime == nil {
 		cfg.Swapsafe.OnRealtime = func(on bool, free uint64) {
@@ -178,51 +195,40 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	heap := &heapReturn{}
 	cfg.Server.ConnEnded = func() { heap.connEnded.Store(true) }
-	d := &Daemon{
+	return &Daemon{
 		cfg: cfg, log: log, srv: nbd.NewServer(cfg.Server), metrics: metrics, heap: heap,
 		devs: map[string]*entry{}, fatal: make(chan error, 1), handoverReq: make(chan *net.UnixConn, 1),
 	}
-	defer d.closeAll()
-	defer d.startHeapReturn()() // prefault.go: the Go heap shrinks back after a big TRIM
+}
 
-	var tcpL net.Listener          // handed over by the predecessor, if it had one
-	var first *entry               // the device the flags make
-	exe, exeErr := os.Executable() // now: an upgrade may replace the file later
-	handed, err := inherited()
+// listeners are what Run serves besides the devices' own sockets.
+type listeners struct {
+	tcp     net.Listener // --listen: every export; handed over by a predecessor, if it had one
+	ctl     *http.Server // the control API, if its socket could be had
+	ctlPath string       // its socket, removed at exit unless handed over
+	met     *http.Server // Prometheus metrics, if asked for
+}
+
+// close closes the TCP listener and removes the control socket; Run's
+// shutdown has stopped the servers.
+func (ls *listeners) close(d *Daemon) {
+	if ls.ctlPath != "" && !d.isHandedOff() {
+		os.Remove(ls.ctlPath)
+	}
+	if ls.tcp != nil {
+		ls.tcp.Close()
+	}
+}
+
+// listen makes the devices, taken over or the one the flags ask for, and
+// starts serving them and the control API and metrics.
+func (d *Daemon) listen(ls *listeners) error {
+	cfg, log := d.cfg, d.log
+	tcpL, err := d.startDevices()
 	if err != nil {
 		return err
 	}
-	if handed == nil && cfg.Takeover {
-		if handed, err = takeOver(cfg); err != nil {
-			return fmt.Errorf("daemon: %w", err)
-		}
-	}
-	if handed != nil {
-		if first, tcpL, err = d.takeOver(handed); err != nil {
-			return err
-		}
-	} else if !cfg.NoDevice {
-		if first, err = d.add(cfg.Device, cfg.Socket, nil, nil); err != nil {
-			return err
-		}
-	}
-	if first != nil {
-		for _, a := range cfg.RecompAlgorithms {
-			if err := a.Apply(first.dev); err != nil {
-				return fmt.Errorf("daemon: %s: %w", first.dev.Name(), err)
-			}
-		}
-	} else if cfg.Socket != "" && !cfg.NoDevice {
-		return fmt.Errorf("daemon: takeover: the running daemon had no device %s", cfg.Device.Name)
-	} else if cfg.Socket != "" {
-		return errors.New("daemon: a socket was given but no device to serve on it")
-	}
-	var extra []net.Listener // TCP and control: closed at shutdown
-	defer func() {
-		for _, l := range extra {
-			l.Close()
-		}
-	}()
+	ls.tcp = tcpL
 	if cfg.Listen != "" {
 		l := tcpL
 		if l == nil {
@@ -231,12 +237,10 @@ func Run(ctx context.Context, cfg Config) error {
 				return err
 			}
 		}
-		tcpL = l
-		extra = append(extra, l)
+		ls.tcp = l
 		log.Info("serving every export", "addr", l.Addr().String())
 		go d.serve(l, nil)
 	}
-	var ctl *http.Server
 	if cfg.Control != "" {
 		l, err := ListenUnix(cfg.Control)
 		switch {
@@ -245,24 +249,19 @@ func Run(ctx context.Context, cfg Config) error {
 		case err != nil:
 			return err
 		default:
-			defer func() {
-				if !d.isHandedOff() {
-					os.Remove(cfg.Control)
-				}
-			}()
+			ls.ctlPath = cfg.Control
 			mux := http.NewServeMux()
 			mux.HandleFunc("POST "+handoverPath, d.handoverHandler)
 			mux.Handle("/", control.Handler(d))
-			ctl = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+			ls.ctl = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 			go func() {
-				if err := ctl.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				if err := ls.ctl.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
 					d.fail(fmt.Errorf("daemon: control socket: %w", err))
 				}
 			}()
 			log.Info("control API", "socket", cfg.Control)
 		}
 	}
-	var met *http.Server
 	if cfg.Metrics != "" {
 		addr := MetricsAddr(cfg.Metrics)
 		l, err := net.Listen("tcp", addr)
@@ -271,33 +270,74 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 		mux := http.NewServeMux()
 		mux.Handle("GET /metrics", d.metricsHandler())
-		met = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		ls.met = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 		go func() {
-			if err := met.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			if err := ls.met.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				d.fail(fmt.Errorf("daemon: metrics: %w", err))
 			}
 		}()
 		log.Info("metrics", "addr", l.Addr().String())
 	}
-	if cfg.Socket == "" && cfg.Listen == "" && ctl == nil {
+	if cfg.Socket == "" && cfg.Listen == "" && ls.ctl == nil {
 		return errors.New("daemon: nothing to listen on: give --socket, --listen or a control socket")
 	}
-	if cfg.Ready != nil {
-		cfg.Ready()
-	}
+	return nil
+}
 
-	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGUSR1, syscall.SIGUSR2)
-	defer signal.Stop(sigs)
-	var runErr error
-	var successor *net.UnixConn
-	upgrade := false // SIGUSR2: re-execute in place
-loop:
+// startDevices makes the devices: every one a predecessor hands over
+// (re-exec or --takeover), else the one the flags ask for. It returns the
+// predecessor's TCP listener, if it had one.
+func (d *Daemon) startDevices() (tcpL net.Listener, err error) {
+	cfg := d.cfg
+	var first *entry // the device the flags make
+	handed, err := inherited()
+	if err != nil {
+		return nil, err
+	}
+	if handed == nil && cfg.Takeover {
+		if handed, err = receiveHandover(cfg); err != nil {
+			return nil, fmt.Errorf("daemon: %w", err)
+		}
+	}
+	if handed != nil {
+		if first, tcpL, err = d.restoreHandover(handed); err != nil {
+			return nil, err
+		}
+	} else if !cfg.NoDevice {
+		if first, err = d.add(cfg.Device, cfg.Socket, nil, nil); err != nil {
+			return nil, err
+		}
+	}
+	if first != nil {
+		for _, a := range cfg.RecompAlgorithms {
+			if err := a.Apply(first.dev); err != nil {
+				return tcpL, fmt.Errorf("daemon: %s: %w", first.dev.Name(), err)
+			}
+		}
+	} else if cfg.Socket != "" && !cfg.NoDevice {
+		return tcpL, fmt.Errorf("daemon: takeover: the running daemon had no device %s", cfg.Device.Name)
+	} else if cfg.Socket != "" {
+		return tcpL, errors.New("daemon: a socket was given but no device to serve on it")
+	}
+	return tcpL, nil
+}
+
+// stop is why serveUntilStop returned.
+type stop struct {
+	err       error         // a listener failed
+	successor *net.UnixConn // a --takeover successor asked for everything
+	upgrade   bool          // SIGUSR2: re-execute in place
+	exe       string        // the binary to re-execute
+}
+
+// serveUntilStop serves until ctx ends, a signal or a successor asks the
+// daemon to stop, or a listener fails; SIGUSR1 prints stats meanwhile.
+func (d *Daemon) serveUntilStop(ctx context.Context, sigs <-chan os.Signal, exe string, exeErr error) stop {
 	for {
 		select {
-		case successor = <-d.handoverReq:
-			log.Info("handing over to a successor")
-			break loop
+		case successor := <-d.handoverReq:
+			d.log.Info("handing over to a successor")
+			return stop{successor: successor}
 		case s := <-sigs:
 			if s == syscall.SIGUSR1 {
 				d.printStats()
@@ -306,58 +346,63 @@ loop:
 			if s == syscall.SIGUSR2 {
 				err := exeErr
 				if err == nil {
-					err = d.canHandOver(requestFor(cfg)) // the same flags: checks only memory and state
+					err = d.canHandOver(requestFor(d.cfg)) // the same flags: checks only memory and state
 				}
 				if err != nil {
-					log.Error("SIGUSR2: not re-executing", "err", err)
+					d.log.Error("SIGUSR2: not re-executing", "err", err)
 					continue
 				}
-				log.Info("SIGUSR2: re-executing in place", "binary", exe)
-				upgrade = true
-				break loop
+				d.log.Info("SIGUSR2: re-executing in place", "binary", exe)
+				return stop{upgrade: true, exe: exe}
 			}
-			log.Info("shutting down", "signal", s.String())
-			break loop
+			d.log.Info("shutting down", "signal", s.String())
+			return stop{}
 		case <-ctx.Done():
-			break loop
+			return stop{}
 		case err := <-d.fatal:
-			runErr = err
-			break loop
+			return stop{err: err}
 		}
 	}
+}
+
+// shutDown stops the control API and metrics, then hands everything over
+// (to a successor, or to a new image of the binary) or drains every
+// connection, saves the state file and prints the stats.
+func (d *Daemon) shutDown(ls *listeners, st stop) error {
 	// Stop taking control requests first, so no device appears or goes while
 	// the NBD server drains.
 	sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if ctl != nil {
-		ctl.Shutdown(sctx)
+	if ls.ctl != nil {
+		ls.ctl.Shutdown(sctx)
 	}
-	if met != nil {
-		met.Shutdown(sctx)
+	if ls.met != nil {
+		ls.met.Shutdown(sctx)
 	}
-	if upgrade {
-		err := d.handOver(sctx, tcpL, reexec(exe)) // returns only on failure
-		log.Error("re-exec failed: connections closed; start again", "err", err)
+	if st.upgrade {
+		err := d.handOver(sctx, ls.tcp, reexec(st.exe)) // returns only on failure
+		d.log.Error("re-exec failed: connections closed; start again", "err", err)
 		return err
 	}
-	if successor != nil {
+	if st.successor != nil {
 		// The state file is written before anything is sent: if the
 		// handover fails, this was a plain restart.
-		err := d.handOver(sctx, tcpL, sendOver(successor))
-		successor.Close()
+		err := d.handOver(sctx, ls.tcp, sendOver(st.successor))
+		st.successor.Close()
 		if err != nil {
-			log.Error("handover failed: connections closed; start again from the state file", "err", err)
+			d.log.Error("handover failed: connections closed; start again from the state file", "err", err)
 			return err
 		}
 		return nil
 	}
+	runErr := st.err
 	d.mu.Lock()
 	d.closing = true
 	d.mu.Unlock()
 	if err := d.srv.Shutdown(sctx); err != nil && runErr == nil {
 		runErr = err
 	}
-	if cfg.StateFile != "" && !cfg.NoDevice {
+	if d.cfg.StateFile != "" && !d.cfg.NoDevice {
 		// Every connection has drained: nothing acknowledged is missing.
 		if err := d.SaveState(); err != nil && runErr == nil {
 			runErr = err
@@ -575,7 +620,7 @@ func (d *Daemon) infoLocked(e *entry, sockets []string) control.Device {
 // Create implements control.Manager: it checks the request the way the
 // admin wrote it, so every error names the bad value and what would do.
 func (d *Daemon) Create(req control.CreateRequest) (control.Device, error) {
-	cfg, err := deviceConfig(req)
+	cfg, err := DeviceConfig(req)
 	if err != nil {
 		return control.Device{}, err
 	}
@@ -604,8 +649,9 @@ func (d *Daemon) freeNameLocked() string {
 	}
 }
 
-// deviceConfig turns an API request into a device configuration.
-func deviceConfig(req control.CreateRequest) (blockdev.Config, error) {
+// DeviceConfig turns a request for a device, from the API or serve's flags,
+// into a device configuration, checking it the way the admin wrote it.
+func DeviceConfig(req control.CreateRequest) (blockdev.Config, error) {
 	var cfg blockdev.Config
 	if req.Name != "" && !namePattern.MatchString(req.Name) {
 		return cfg, control.Errorf(control.ErrInvalid,
@@ -708,7 +754,7 @@ func (d *Daemon) unlink(name string) (*entry, error) {
 
 // SetAttachment implements control.Manager.
 func (d *Daemon) SetAttachment(name, nbd string) error {
-	if nbd != "" && !nbdPattern.MatchString(nbd) {
+	if nbd != "" && !control.IsNBD(nbd) {
 		return control.Errorf(control.ErrInvalid, "bad NBD device %q: want /dev/nbdN", nbd)
 	}
 	d.mu.Lock()

@@ -205,6 +205,7 @@ func TestControlKnobs(t *testing.T) {
 	bad("algorithm_params", "level=99", control.ErrInvalid, "level 99 out of range")
 	bad("comp_algorithm", "snappy", control.ErrInvalid, `unknown algorithm "snappy"`)
 	bad("max_comp_streams", "-1", control.ErrInvalid, "bad max_comp_streams")
+	bad("frobnicate", "1", control.ErrInvalid, `no knob "frobnicate"`)
 	if res, err := c.SetKnob("uzram0", "recompress", "type=idle"); err != nil || res == "" {
 		t.Errorf("recompress = %q, %v; want its result", res, err)
 	}

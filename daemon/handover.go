@@ -6,7 +6,7 @@ package daemon
 // without closing a single socket. The kernel's nbd driver never sees a
 // connection die, so an attached device, swap included, waits out the gap
 // instead of failing or stalling for its request timeout
-// (hack/README-reliability.md).
+// (docs/reliability.md).
 //
 //	new: POST /v1/handover on the control socket, saying what it was
 //	     started for (the same flags as the old one)
@@ -42,7 +42,7 @@ import (
 
 	"github.com/uzram/uzram/blockdev"
 	"github.com/uzram/uzram/blockdev/nbd"
-	"github.com/uzram/uzram/control"
+	"github.com/uzram/uzram/hostmem"
 	"github.com/uzram/uzram/state"
 	"github.com/uzram/uzram/zcomp"
 )
@@ -123,7 +123,7 @@ func (d *Daemon) canHandOver(req handoverRequest) error {
 		need += s.ComprDataSize + stateRecordBytes*(s.PagesStored+s.SamePages)
 	}
 	need += handoverHeadroom
-	if kib, err := control.MeminfoKiB("MemAvailable"); err == nil && kib<<10 < need {
+	if kib, err := hostmem.MeminfoKiB("MemAvailable"); err == nil && kib<<10 < need {
 		return fmt.Errorf("carrying %d MiB of stores over needs %d MiB of available memory, and %d MiB are: free some memory or swapoff first",
 			compr>>20, need>>20, kib>>10)
 	}
@@ -309,9 +309,9 @@ type takeover struct {
 	files []*os.File // in the manifest's order; nil once taken
 }
 
-// takeOver asks the daemon on cfg.Control to hand over to a daemon
+// receiveHandover asks the daemon on cfg.Control to hand over to a daemon
 // configured as cfg, and returns what it sent.
-func takeOver(cfg Config) (*takeover, error) {
+func receiveHandover(cfg Config) (*takeover, error) {
 	control := cfg.Control
 	if control == "" {
 		return nil, errors.New("--takeover needs the control socket the running daemon answers on")
@@ -489,11 +489,11 @@ func (d *Daemon) isHandedOff() bool {
 	return d.handedOff
 }
 
-// takeOver runs the successor's side: every device the old daemon ran,
-// with its contents, listener and attachment, then its connections. It
-// returns the device the flags name (nil with --no-device) and the TCP
-// listener, if one came.
-func (d *Daemon) takeOver(t *takeover) (first *entry, tcp net.Listener, err error) {
+// restoreHandover runs the successor's side: it recreates every device the
+// old daemon ran, with its contents, listener and attachment, then adopts
+// its connections. It returns the device the flags name (nil with
+// --no-device) and the TCP listener, if one came.
+func (d *Daemon) restoreHandover(t *takeover) (first *entry, tcp net.Listener, err error) {
 	defer t.close()
 	devs, tcp, err := t.split()
 	if err != nil {

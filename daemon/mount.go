@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"os"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -19,8 +18,6 @@ var (
 	procSwaps = "/proc/swaps"
 	mountInfo = "/proc/self/mountinfo"
 )
-
-var nbdPattern = regexp.MustCompile(`^/dev/nbd[0-9]+$`)
 
 // nbdConnected reports whether /dev/nbdN has a server connection: the
 // kernel shows its pid file only then.

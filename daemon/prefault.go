@@ -10,7 +10,7 @@ import (
 )
 
 // A swap device's server must not take a page fault on fresh memory while it
-// serves (hack/guest-README.md): the kernel may be out of memory and waiting
+// serves (docs/guest.md): the kernel may be out of memory and waiting
 // for the very request. mlockall (swapsafe) keeps what was touched, and the
 // request path's own buffers are touched at start (blockdev), but the Go
 // runtime takes fresh memory on its own: new OS threads (stacks), goroutine

@@ -35,7 +35,7 @@ func DialTLS(network, addr, export string, cfg *tls.Config) (*Client, error) {
 
 // StartTLS reads the greeting, sends the client flags and NBD_OPT_STARTTLS,
 // and runs the TLS handshake. The returned connection is still in the
-// option phase: send options over it (or hand it to HandshakeAfterTLS).
+// option phase: send options over it (DialTLS opens an export on it).
 func StartTLS(nc net.Conn, cfg *tls.Config) (*tls.Conn, error) {
 	// Unbuffered reads: nothing after the ACK may be consumed here, since
 	// the TLS handshake reads those bytes.
@@ -64,11 +64,6 @@ func StartTLS(nc net.Conn, cfg *tls.Config) (*tls.Conn, error) {
 		return nil, fmt.Errorf("nbd: TLS handshake: %w", err)
 	}
 	return tc, nil
-}
-
-// HandshakeAfterTLS opens export on a connection StartTLS returned.
-func HandshakeAfterTLS(tc *tls.Conn, export string) (*Client, error) {
-	return handshakeGo(tc, bufio.NewReader(tc), export)
 }
 
 // handshakeGo sends NBD_OPT_GO and starts the client once it is acknowledged.

@@ -5,14 +5,13 @@ package pagestore
 
 import (
 	"errors"
-	"os"
-	"strconv"
-	"strings"
 	"sync/atomic"
 	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/uzram/uzram/hostmem"
 )
 
 // ErrNoMem means storing the object needs a new span and the reserve of
@@ -365,11 +364,8 @@ func memoryShortSysinfo(s *Store) bool {
 // times vm.min_free_kbytes (the kernel reclaims below its low and high
 // watermarks, a little above min), or 64 MiB where that cannot be read.
 func shortFreeBytes() uint64 {
-	b, err := os.ReadFile("/proc/sys/vm/min_free_kbytes")
-	if err == nil {
-		if kb, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64); err == nil && kb > 0 {
-			return 4 * kb << 10
-		}
+	if kb, err := hostmem.MinFreeKiB(); err == nil && kb > 0 {
+		return 4 * kb << 10
 	}
 	return 64 << 20
 }

@@ -33,19 +33,6 @@ func reservedSpans(p *spanPool) int {
 	return len(p.res)
 }
 
-// waitReserve waits for the refiller to bring p's reserve to at least n.
-func waitReserve(t *testing.T, s *Store, p *spanPool, n int) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for reservedSpans(p) < n {
-		if time.Now().After(deadline) {
-			t.Fatalf("reserve stuck at %d spans, want %d", reservedSpans(p), n)
-		}
-		s.kickRefill()
-		time.Sleep(time.Millisecond)
-	}
-}
-
 // TestReserveFilledAtNew: New faults every pool's reserve in up to its high
 // watermark and the handle table's first two chunks, all resident, outside
 // MemUsed.

@@ -11,7 +11,7 @@ import (
 
 // Handle names one stored object. It stays valid, and keeps its value, until
 // Free, whatever compaction does. 0 is never a valid handle, so a zero slot
-// means "nothing stored". Read, View, Size and Free of a freed or never
+// means "nothing stored". Read, Size and Free of a freed or never
 // issued handle panic with a message instead of touching another object
 // (best effort: an id reissued to a new object cannot be told apart).
 type Handle uint64
@@ -51,7 +51,7 @@ type Options struct {
 }
 
 const (
-	// DefaultCompactRatio: the budget is 5% over the compressed data;
+	// DefaultCompactRatio: the store's budget is 5% over the compressed data;
 	// fragmentation may take about half of it before compaction moves objects.
 	DefaultCompactRatio = 0.025
 	// DefaultCompactMinBytes keeps small stores from compacting for a few spans.
@@ -282,19 +282,6 @@ func (s *Store) Read(h Handle, dst []byte) int {
 	copy(dst, s.slotMem(c, c.spans[entSpan(v)], entSlot(v), n))
 	c.mu.RUnlock()
 	return n
-}
-
-// View calls fn with the object's bytes in place, saving Read's copy (e.g. to
-// decompress straight from the store). fn runs under the class's read lock:
-// it must not keep the slice, write to it, or call into the Store.
-func (s *Store) View(h Handle, fn func(obj []byte)) {
-	e, v := s.handles.liveEntry(h)
-	n := entSize(v)
-	c := s.classFor(n)
-	c.mu.RLock()
-	defer c.mu.RUnlock()
-	v = e.Load()
-	fn(s.slotMem(c, c.spans[entSpan(v)], entSlot(v), n))
 }
 
 // Size returns the object's length in bytes. It takes no lock: the size is

@@ -147,19 +147,6 @@ func TestPutReadFree(t *testing.T) {
 	}
 }
 
-func TestView(t *testing.T) {
-	s := newStore(t, Options{})
-	m := model{}
-	h := put(t, s, m, 7, 1234)
-	want := make([]byte, 1234)
-	fill(want, 7)
-	s.View(h, func(b []byte) {
-		if !bytes.Equal(b, want) {
-			t.Fatal("View content differs")
-		}
-	})
-}
-
 func TestPutErrors(t *testing.T) {
 	s := newStore(t, Options{})
 	for _, n := range []int{0, MaxObjectSize + 1} {

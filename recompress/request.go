@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/uzram/uzram/blockdev"
+	"github.com/uzram/uzram/keyval"
 	"github.com/uzram/uzram/streams"
 	"github.com/uzram/uzram/zcomp"
 )
@@ -166,27 +167,11 @@ func (a Algorithm) Apply(d *blockdev.Device) error {
 	return nil
 }
 
-// fields splits zram's "key=value ..." syntax, refusing unknown and
-// repeated keys and empty values (zram ignores unknown keys; a typo there
-// silently changes what runs).
+// fields is keyval.Parse with what and s in its errors.
 func fields(what, s string, known ...string) (map[string]string, error) {
-	out := map[string]string{}
-	for _, f := range strings.Fields(s) {
-		k, v, ok := strings.Cut(f, "=")
-		if !ok || v == "" {
-			return nil, fmt.Errorf("%s %q: %q is not key=value", what, s, f)
-		}
-		found := false
-		for _, kk := range known {
-			found = found || k == kk
-		}
-		if !found {
-			return nil, fmt.Errorf("%s %q: unknown key %q (known: %s)", what, s, k, strings.Join(known, ", "))
-		}
-		if _, dup := out[k]; dup {
-			return nil, fmt.Errorf("%s %q: %s given twice", what, s, k)
-		}
-		out[k] = v
+	kv, err := keyval.Parse(s, known...)
+	if err != nil {
+		return nil, fmt.Errorf("%s %q: %w", what, s, err)
 	}
-	return out, nil
+	return kv, nil
 }

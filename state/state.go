@@ -174,32 +174,78 @@ func Load(r io.Reader, d *blockdev.Device) (Summary, error) {
 	return sum, nil
 }
 
+// loader is one load in progress: the device it fills and what the records
+// read so far have defined.
+type loader struct {
+	cr      *countingReader
+	d       *blockdev.Device
+	sum     Summary
+	algos   map[uint16]algoDef
+	seen    []uint64 // pages already loaded, a bit each
+	records uint64   // records read before the current one
+	running uint32   // crc32c of those records
+}
+
+type algoDef struct{ name, params string }
+
+func (l *loader) corrupt(format string, args ...any) error {
+	return fmt.Errorf("%w: at byte %d: %s", ErrCorrupt, l.cr.n, fmt.Sprintf(format, args...))
+}
+
 func load(cr *countingReader, d *blockdev.Device) (Summary, error) {
-	var sum Summary
-	corrupt := func(format string, args ...any) error {
-		return fmt.Errorf("%w: at byte %d: %s", ErrCorrupt, cr.n, fmt.Sprintf(format, args...))
+	l := &loader{cr: cr, d: d, algos: map[uint16]algoDef{}}
+	if err := l.header(); err != nil {
+		return l.sum, err
 	}
+	l.seen = make([]uint64, (d.Size()/blockdev.PageSize+63)/64)
+	rec := make([]byte, 5, 5+maxBody+4)
+	for {
+		var err error
+		if rec, err = l.record(rec); err != nil {
+			return l.sum, err
+		}
+		kind, b := rec[0], rec[5:len(rec)-4]
+		switch kind {
+		case recAlgo:
+			err = l.algo(b)
+		case recPage:
+			err = l.page(b)
+		case recEnd:
+			return l.sum, l.end(b)
+		default:
+			err = l.corrupt("record %d: unknown kind %#x", l.records, kind)
+		}
+		if err != nil {
+			return l.sum, err
+		}
+		l.running = crc32.Update(l.running, castagnoli, rec)
+		l.records++
+	}
+}
+
+// header reads and checks the file's header against the device.
+func (l *loader) header() error {
 	var fixed [16]byte
-	if err := readFull(cr, fixed[:]); err != nil {
-		return sum, corrupt("header: %v", err)
+	if err := readFull(l.cr, fixed[:]); err != nil {
+		return l.corrupt("header: %v", err)
 	}
 	if string(fixed[:8]) != magic {
-		return sum, corrupt("not a uzram state file (magic %q)", fixed[:8])
+		return l.corrupt("not a uzram state file (magic %q)", fixed[:8])
 	}
 	if v := binary.BigEndian.Uint32(fixed[8:]); v != version {
-		return sum, corrupt("version %d, this uzram reads version %d", v, version)
+		return l.corrupt("version %d, this uzram reads version %d", v, version)
 	}
 	n := binary.BigEndian.Uint32(fixed[12:])
 	if n > maxBody {
-		return sum, corrupt("header body of %d bytes", n)
+		return l.corrupt("header body of %d bytes", n)
 	}
 	body := make([]byte, n+4)
-	if err := readFull(cr, body); err != nil {
-		return sum, corrupt("header: %v", err)
+	if err := readFull(l.cr, body); err != nil {
+		return l.corrupt("header: %v", err)
 	}
 	crc := crc32.Update(crc32.Checksum(fixed[:], castagnoli), castagnoli, body[:n])
 	if crc != binary.BigEndian.Uint32(body[n:]) {
-		return sum, corrupt("header checksum mismatch")
+		return l.corrupt("header checksum mismatch")
 	}
 	hb := body[:n]
 	size, ok1 := takeUint64(&hb)
@@ -208,107 +254,109 @@ func load(cr *countingReader, d *blockdev.Device) (Summary, error) {
 	algo, ok4 := takeString(&hb)
 	_, ok5 := takeString(&hb)
 	if !ok1 || !ok2 || !ok3 || !ok4 || !ok5 {
-		return sum, corrupt("header body too short")
+		return l.corrupt("header body too short")
 	}
 	if pageSize != blockdev.PageSize {
-		return sum, corrupt("page size %d, want %d", pageSize, blockdev.PageSize)
+		return l.corrupt("page size %d, want %d", pageSize, blockdev.PageSize)
 	}
-	if size != d.Size() {
-		return sum, fmt.Errorf("state: the file is for a device of %d bytes, %s has %d", size, d.Name(), d.Size())
+	if size != l.d.Size() {
+		return fmt.Errorf("state: the file is for a device of %d bytes, %s has %d", size, l.d.Name(), l.d.Size())
 	}
-	if name != d.Name() {
-		return sum, fmt.Errorf("state: the file is for device %q (%s), not %q", name, algo, d.Name())
+	if name != l.d.Name() {
+		return fmt.Errorf("state: the file is for device %q (%s), not %q", name, algo, l.d.Name())
 	}
+	return nil
+}
 
-	type algoDef struct{ name, params string }
-	algos := map[uint16]algoDef{}
-	seen := make([]uint64, (d.Size()/blockdev.PageSize+63)/64) // pages already loaded
-	var running uint32
-	var records uint64
-	rec := make([]byte, 5, 5+maxBody+4)
-	for {
-		start := cr.n
-		if err := readFull(cr, rec[:5]); err != nil {
-			return sum, corrupt("record %d: %v (no end record: the file is truncated)", records, err)
-		}
-		kind, n := rec[0], binary.BigEndian.Uint32(rec[1:5])
-		if n > maxBody {
-			return sum, corrupt("record %d: body of %d bytes", records, n)
-		}
-		rec = rec[:5+n+4]
-		if err := readFull(cr, rec[5:]); err != nil {
-			return sum, corrupt("record %d: %v (the file is truncated)", records, err)
-		}
-		if crc32.Checksum(rec[:5+n], castagnoli) != binary.BigEndian.Uint32(rec[5+n:]) {
-			return sum, fmt.Errorf("%w: record %d at byte %d: checksum mismatch", ErrCorrupt, records, start)
-		}
-		b := rec[5 : 5+n]
-		switch kind {
-		case recAlgo:
-			id, ok1 := takeUint16(&b)
-			name, ok2 := takeString(&b)
-			params, ok3 := takeString(&b)
-			if !ok1 || !ok2 || !ok3 || len(b) != 0 {
-				return sum, corrupt("record %d: malformed algorithm record", records)
-			}
-			if _, dup := algos[id]; dup {
-				return sum, corrupt("record %d: algorithm %d defined twice", records, id)
-			}
-			algos[id] = algoDef{name, params}
-		case recPage:
-			idx, ok1 := takeUint64(&b)
-			if !ok1 || len(b) < 4 {
-				return sum, corrupt("record %d: malformed page record", records)
-			}
-			p := blockdev.ExportedPage{
-				Index: idx, Kind: blockdev.PageKind(b[0]),
-				Idle: b[1]&flagIdle != 0, Incompressible: b[1]&flagIncompressible != 0,
-				Data: b[4:],
-			}
-			if idx >= uint64(len(seen))*64 || idx*blockdev.PageSize >= d.Size() {
-				return sum, corrupt("record %d: page %d is past the device's end", records, idx)
-			}
-			if seen[idx/64]&(1<<(idx%64)) != 0 {
-				return sum, corrupt("record %d: page %d saved twice", records, idx)
-			}
-			seen[idx/64] |= 1 << (idx % 64)
-			if id := binary.BigEndian.Uint16(b[2:]); p.Kind == blockdev.PageCompressed {
-				a, ok := algos[id]
-				if !ok {
-					return sum, corrupt("record %d: page %d uses undefined algorithm %d", records, idx, id)
-				}
-				p.Algorithm, p.Params = a.name, a.params
-			}
-			if err := d.ImportPage(p); err != nil {
-				if errors.Is(err, blockdev.ErrNoSpace) || errors.Is(err, pagestore.ErrNoMem) {
-					// Out of room or memory is not the file's fault.
-					return sum, fmt.Errorf("state: record %d: %w", records, err)
-				}
-				return sum, corrupt("record %d: %v", records, err)
-			}
-			sum.Pages++
-		case recEnd:
-			pages, ok1 := takeUint64(&b)
-			nrec, ok2 := takeUint64(&b)
-			crc, ok3 := takeUint32(&b)
-			if !ok1 || !ok2 || !ok3 || len(b) != 0 {
-				return sum, corrupt("malformed end record")
-			}
-			if pages != uint64(sum.Pages) || nrec != records || crc != running {
-				return sum, corrupt("end record says %d pages in %d records, read %d in %d (or their checksum differs)",
-					pages, nrec, sum.Pages, records)
-			}
-			var extra [1]byte
-			if m, _ := io.ReadFull(cr, extra[:]); m != 0 {
-				return sum, corrupt("data after the end record")
-			}
-			return sum, nil
-		default:
-			return sum, corrupt("record %d: unknown kind %#x", records, kind)
-		}
-		running = crc32.Update(running, castagnoli, rec)
-		records++
+// record reads the next record into rec's storage and checks its checksum;
+// it returns the whole record: kind, length, body, checksum.
+func (l *loader) record(rec []byte) ([]byte, error) {
+	start := l.cr.n
+	if err := readFull(l.cr, rec[:5]); err != nil {
+		return rec, l.corrupt("record %d: %v (no end record: the file is truncated)", l.records, err)
 	}
+	n := binary.BigEndian.Uint32(rec[1:5])
+	if n > maxBody {
+		return rec, l.corrupt("record %d: body of %d bytes", l.records, n)
+	}
+	rec = rec[:5+n+4]
+	if err := readFull(l.cr, rec[5:]); err != nil {
+		return rec, l.corrupt("record %d: %v (the file is truncated)", l.records, err)
+	}
+	if crc32.Checksum(rec[:5+n], castagnoli) != binary.BigEndian.Uint32(rec[5+n:]) {
+		return rec, fmt.Errorf("%w: record %d at byte %d: checksum mismatch", ErrCorrupt, l.records, start)
+	}
+	return rec, nil
+}
+
+// algo reads an algorithm record: an id the page records after it use.
+func (l *loader) algo(b []byte) error {
+	id, ok1 := takeUint16(&b)
+	name, ok2 := takeString(&b)
+	params, ok3 := takeString(&b)
+	if !ok1 || !ok2 || !ok3 || len(b) != 0 {
+		return l.corrupt("record %d: malformed algorithm record", l.records)
+	}
+	if _, dup := l.algos[id]; dup {
+		return l.corrupt("record %d: algorithm %d defined twice", l.records, id)
+	}
+	l.algos[id] = algoDef{name, params}
+	return nil
+}
+
+// page reads a page record and stores the page in the device.
+func (l *loader) page(b []byte) error {
+	idx, ok1 := takeUint64(&b)
+	if !ok1 || len(b) < 4 {
+		return l.corrupt("record %d: malformed page record", l.records)
+	}
+	p := blockdev.ExportedPage{
+		Index: idx, Kind: blockdev.PageKind(b[0]),
+		Idle: b[1]&flagIdle != 0, Incompressible: b[1]&flagIncompressible != 0,
+		Data: b[4:],
+	}
+	if idx >= uint64(len(l.seen))*64 || idx*blockdev.PageSize >= l.d.Size() {
+		return l.corrupt("record %d: page %d is past the device's end", l.records, idx)
+	}
+	if l.seen[idx/64]&(1<<(idx%64)) != 0 {
+		return l.corrupt("record %d: page %d saved twice", l.records, idx)
+	}
+	l.seen[idx/64] |= 1 << (idx % 64)
+	if id := binary.BigEndian.Uint16(b[2:]); p.Kind == blockdev.PageCompressed {
+		a, ok := l.algos[id]
+		if !ok {
+			return l.corrupt("record %d: page %d uses undefined algorithm %d", l.records, idx, id)
+		}
+		p.Algorithm, p.Params = a.name, a.params
+	}
+	if err := l.d.ImportPage(p); err != nil {
+		if errors.Is(err, blockdev.ErrNoSpace) || errors.Is(err, pagestore.ErrNoMem) {
+			// Out of room or memory is not the file's fault.
+			return fmt.Errorf("state: record %d: %w", l.records, err)
+		}
+		return l.corrupt("record %d: %v", l.records, err)
+	}
+	l.sum.Pages++
+	return nil
+}
+
+// end checks the end record against what was read, and that nothing follows.
+func (l *loader) end(b []byte) error {
+	pages, ok1 := takeUint64(&b)
+	nrec, ok2 := takeUint64(&b)
+	crc, ok3 := takeUint32(&b)
+	if !ok1 || !ok2 || !ok3 || len(b) != 0 {
+		return l.corrupt("malformed end record")
+	}
+	if pages != uint64(l.sum.Pages) || nrec != l.records || crc != l.running {
+		return l.corrupt("end record says %d pages in %d records, read %d in %d (or their checksum differs)",
+			pages, nrec, l.sum.Pages, l.records)
+	}
+	var extra [1]byte
+	if m, _ := io.ReadFull(l.cr, extra[:]); m != 0 {
+		return l.corrupt("data after the end record")
+	}
+	return nil
 }
 
 // SaveFile writes d's state to path atomically: a temporary file beside it,
@@ -375,32 +423,19 @@ func appendString(b []byte, s string) []byte {
 	return append(b, s...)
 }
 
-func takeUint16(b *[]byte) (uint16, bool) {
-	if len(*b) < 2 {
+// take reads an n-byte big-endian integer off the front of *b.
+func take[T uint16 | uint32 | uint64](b *[]byte, n int, get func([]byte) T) (T, bool) {
+	if len(*b) < n {
 		return 0, false
 	}
-	v := binary.BigEndian.Uint16(*b)
-	*b = (*b)[2:]
+	v := get(*b)
+	*b = (*b)[n:]
 	return v, true
 }
 
-func takeUint32(b *[]byte) (uint32, bool) {
-	if len(*b) < 4 {
-		return 0, false
-	}
-	v := binary.BigEndian.Uint32(*b)
-	*b = (*b)[4:]
-	return v, true
-}
-
-func takeUint64(b *[]byte) (uint64, bool) {
-	if len(*b) < 8 {
-		return 0, false
-	}
-	v := binary.BigEndian.Uint64(*b)
-	*b = (*b)[8:]
-	return v, true
-}
+func takeUint16(b *[]byte) (uint16, bool) { return take(b, 2, binary.BigEndian.Uint16) }
+func takeUint32(b *[]byte) (uint32, bool) { return take(b, 4, binary.BigEndian.Uint32) }
+func takeUint64(b *[]byte) (uint64, bool) { return take(b, 8, binary.BigEndian.Uint64) }
 
 func takeString(b *[]byte) (string, bool) {
 	n, ok := takeUint16(b)

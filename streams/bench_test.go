@@ -51,7 +51,7 @@ func BenchmarkCPUSlot(b *testing.B) {
 
 var sink atomic.Int64
 
-// benchCallers are the concurrency levels of the table.
+// benchCallers are the concurrency levels of the table in docs/benchmarks.md.
 var benchCallers = []int{1, 2, 8, 64, 256}
 
 // BenchmarkGetPut runs Get, (optionally) compress+decompress of a 4 KiB page,

@@ -11,22 +11,25 @@
 //     variable when none is idle, surplus streams freed on Put when the
 //     maximum shrinks.
 //
-// Pools are grouped by priority in a Set (0 the primary algorithm, 1..3 the
-// recompression algorithms) and kept alive by a sharded reference count in
-// the manner of zswap's percpu_ref.
+// A device holds one pool per priority (0 the primary algorithm,
+// 1..MaxPriority the recompression algorithms; blockdev's compressor table),
+// each kept alive by a sharded reference count in the manner of zswap's
+// percpu_ref.
 //
 // # Usage
 //
-//	s, err := set.Get(0)            // takes a ref on the priority-0 pool
+//	p.TryRef()                      // the request pins the current pool
+//	s, err := p.Get()
 //	n, err := s.Ctx.Compress(s.Buf, page)
-//	s.Pool().Ref()                  // the stored page pins its pool...
-//	set.Put(s)                      // ...Put drops Get's ref
+//	p.Ref()                         // the stored page pins its pool...
+//	p.Put(s)
+//	p.Unref()                       // ...the request's ref goes
 //	// later, reading or freeing the page: p.Get/p.Put on the page's pool,
 //	// then p.Unref() when the page is freed or rewritten.
 //
-// The hot path (Get, Put, Ref, Unref, and the zcomp work on the stream's
-// buffers) allocates nothing; TestHotPathAllocs checks it with
-// testing.AllocsPerRun in both modes, through a Pool and through a Set.
+// The hot path (Get, Put, TryRef, Ref, Unref, and the zcomp work on the
+// stream's buffers) allocates nothing; TestHotPathAllocs checks it with
+// testing.AllocsPerRun in both modes, with and without the references.
 //
 // # CPU slot: the runtime's P, not the OS CPU
 //
@@ -72,10 +75,10 @@
 //
 // # Pool lifetime and refcount
 //
-// A pool is referenced by everything that needs it: the Set that installed
-// it (the creator's reference), in-flight requests (Set.Get to Set.Put), and
-// stored pages it compressed (Ref/Unref). Switching the primary algorithm
-// installs a new pool with SetPool, which kills the old one; the old pool
+// A pool is referenced by everything that needs it: the device that
+// installed it (the creator's reference), in-flight requests (TryRef to
+// Unref), and stored pages it compressed (Ref/Unref). Switching the primary
+// algorithm installs a new pool and kills the old one; the old pool
 // keeps decompressing its pages until the last is freed, then is destroyed
 // and OnRelease runs (TestAlgorithmSwitchUnderLoad).
 //
@@ -97,46 +100,15 @@
 // procPin's cost rose. Sharding is for many-core machines (the kernel's case:
 // 128 CPUs); on 2 vCPUs it is a wash.
 //
-// # Benchmarks
+// # Choice of mode
 //
-// Measured 2026-11-23 on the development VM: 2 vCPU AMD EPYC, Go 1.26.8,
-// linux/amd64, shared with other engineers' builds (load average 8-15 during
-// the run, so absolute numbers are 2-4x slower than on an idle machine).
-// go test -bench GetPut -benchtime=200ms -benchmem, 5 interleaved runs; the
-// two modes of each row run back to back, and the ratio column is the median
-// of the 5 paired ratios, the statistic that survives the noise. "none" is
-// Get+Put alone (the strategy's own cost); lz4 and zstd add compressing and
-// decompressing one 4 KiB page on the stream. ns/op is wall time per
-// operation over all callers (lower = more throughput). Every row allocates
-// nothing.
-//
-//	callers  algo   percpu ns/op  pool ns/op  percpu/pool  allocs/op  waits/op (percpu, pool)
-//	      1  none            125        65.1         1.62          0  0.000, 0.000
-//	      2  none           82.3         106         0.81          0  0.000, 0.000
-//	      8  none            105         172         0.68          0  0.000, 0.000
-//	     64  none           85.1         108         0.74          0  0.000, 0.000
-//	    256  none            147         110         0.52          0  0.000, 0.001
-//	      1  lz4           62593       53273         0.80          0  0.000, 0.000
-//	      2  lz4           62065       67074         0.99          0  0.000, 0.000
-//	      8  lz4           58369       50792         0.99          0  0.005, 0.001
-//	     64  lz4           56732       56378         0.90          0  0.021, 0.006
-//	    256  lz4           67495       75608         1.08          0  0.069, 0.015
-//	      1  zstd         151686      231266         0.94          0  0.000, 0.000
-//	      2  zstd         140856      206888         0.76          0  0.000, 0.000
-//	      8  zstd         200996      185816         0.94          0  0.012, 0.002
-//	     64  zstd         204288      142682         1.22          0  0.073, 0.025
-//	    256  zstd         199575      177395         0.83          0  0.220, 0.092
-//
-// Reading it: the strategies' own cost is tens of nanoseconds against 15-200
-// microseconds of compression work, so with a codec the modes are within the
-// noise of this machine (paired ratios 0.8-1.2; a calmer run, load ~5, had
-// PerCPU ahead with lz4 at 1-64 callers, 0.18-0.63). Get+Put alone, PerCPU
-// wins from 2 callers up (0.52-0.81) and loses only to a single caller, where
-// the pool's uncontended lock is cheaper than procPin plus the slot checks.
-// PerCPU waits more (callers that share a P queue on its slot) but never
-// bounces one lock line between cores, keeps each stream warm in one core's
-// cache, and allocates nothing after creation. The block device runs many
-// concurrent requests, so DefaultMode is PerCPU. Pooled remains the choice
-// for secondary (recompression) pools when memory matters more: it allocates
-// only the streams actually used at once.
+// DefaultMode is PerCPU. The strategies' own cost is tens of nanoseconds
+// against 15-200 microseconds of compression, so with a codec the modes
+// measure within noise of each other; Get+Put alone, PerCPU wins from two
+// callers up, and it never bounces one lock line between cores, keeps each
+// stream warm in one core's cache and allocates nothing after creation. The
+// block device runs many concurrent requests. Pooled remains the choice for
+// secondary (recompression) pools when memory matters more: it allocates
+// only the streams actually used at once. The figures and the command that
+// reproduces them: docs/benchmarks.md.
 package streams

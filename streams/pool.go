@@ -13,6 +13,11 @@ import (
 // ErrDestroyed is returned by Get on a pool whose last reference is gone.
 var ErrDestroyed = errors.New("streams: pool destroyed")
 
+// MaxPriority is the highest compressor priority a device has, zram's
+// ZRAM_MAX_COMPS - 1: 0 is the primary algorithm, 1..MaxPriority the
+// secondary (recompression) algorithms, one pool each.
+const MaxPriority = 3
+
 // Stream is one compression context with its scratch buffer. The holder (the
 // caller between Get and Put) owns both exclusively.
 type Stream struct {
@@ -56,8 +61,8 @@ type PoolConfig struct {
 // Pool is the streams of one algorithm configuration, handed out by Get and
 // returned by Put, and kept alive by a sharded reference count.
 //
-// Get does not take a reference: callers hold one (their own, one taken by a
-// Set, or the creator's) for as long as they use the stream.
+// Get does not take a reference: callers hold one (their own, one taken with
+// TryRef, or the creator's) for as long as they use the stream.
 type Pool struct {
 	backend   zcomp.Backend
 	params    zcomp.Params

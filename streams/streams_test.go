@@ -172,10 +172,12 @@ func (b *countingBackend) NewContext(p zcomp.Params) (zcomp.Context, error) {
 	return countingCtx{c, b}, nil
 }
 
-func TestSet(t *testing.T) {
+// TestPoolLifetime: a primary pool preallocates, a secondary one allocates
+// on first Get; a killed pool (replaced, as an algorithm switch does) lives
+// on while a page it compressed pins it, and is destroyed at its last Unref.
+func TestPoolLifetime(t *testing.T) {
 	for _, m := range modes {
 		t.Run(m.String(), func(t *testing.T) {
-			var set Set
 			prim := &countingBackend{Backend: lz4(t)}
 			sec := &countingBackend{Backend: lz4(t)}
 			p0, err := NewPool(PoolConfig{Backend: prim, Mode: m, Prealloc: true})
@@ -187,26 +189,17 @@ func TestSet(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if err := set.SetPool(0, p0); err != nil {
-				t.Fatal(err)
-			}
-			if err := set.SetPool(1, p1); err != nil {
-				t.Fatal(err)
-			}
-			if err := set.SetPool(MaxPriority+1, p1); err == nil {
-				t.Error("SetPool accepted priority 4")
-			}
 			if prim.made.Load() == 0 {
 				t.Error("primary pool preallocated nothing")
 			}
 			if sec.made.Load() != 0 || p1.Stats().Allocated != 0 {
 				t.Errorf("lazy secondary pool allocated %d contexts before first Get", sec.made.Load())
 			}
-			if _, err := set.Get(2); err == nil {
-				t.Error("Get on an empty priority succeeded")
-			}
 			src, out := make([]byte, zcomp.PageSize), make([]byte, zcomp.PageSize)
-			s, err := set.Get(1)
+			if !p1.TryRef() {
+				t.Fatal("TryRef failed on a live pool")
+			}
+			s, err := p1.Get()
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -215,20 +208,12 @@ func TestSet(t *testing.T) {
 			}
 			roundTrip(t, s, 1, src, out)
 			s.Pool().Ref() // a stored page pins the pool
-			set.Put(s)
-			// Replace priority 1: the old pool lives on for its page.
-			p1b, err := NewPool(PoolConfig{Backend: lz4(t), Mode: m})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := set.SetPool(1, p1b); err != nil {
-				t.Fatal(err)
-			}
+			p1.Put(s)
+			p1.Unref() // TryRef's
+			// Replaced: the creator's reference goes, the pool lives on for its page.
+			p1.Kill()
 			if released.Load() != 0 || p1.Stats().Destroyed {
 				t.Fatal("old pool destroyed while a page still references it")
-			}
-			if set.Pool(1) != p1b {
-				t.Error("Pool(1) is not the new pool")
 			}
 			// Decompressing the old page still works with the old pool.
 			s2, err := p1.Get()
@@ -241,9 +226,9 @@ func TestSet(t *testing.T) {
 			if released.Load() != 1 || !p1.Stats().Destroyed || sec.live.Load() != 0 {
 				t.Errorf("old pool not destroyed after its last page: released=%d live=%d", released.Load(), sec.live.Load())
 			}
-			set.Close()
+			p0.Kill()
 			if prim.live.Load() != 0 {
-				t.Errorf("primary contexts still live after Close: %d", prim.live.Load())
+				t.Errorf("primary contexts still live after Kill: %d", prim.live.Load())
 			}
 		})
 	}

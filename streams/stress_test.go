@@ -176,6 +176,42 @@ func TestRetryOnOfflineBounded(t *testing.T) {
 	}
 }
 
+// switched is how a device switches algorithms (blockdev's compressor
+// table): requests pin the current pool with TryRef, a switch swaps in a new
+// pool and kills the old one, which lives on while pages pin it.
+type switched struct{ cur atomic.Pointer[Pool] }
+
+func (sw *switched) install(p *Pool) {
+	if old := sw.cur.Swap(p); old != nil {
+		old.Kill()
+	}
+}
+
+// get takes a stream of the current pool with a reference on the pool.
+func (sw *switched) get() (*Stream, error) {
+	for {
+		p := sw.cur.Load()
+		if !p.TryRef() {
+			if sw.cur.Load() == p {
+				return nil, ErrDestroyed
+			}
+			continue // replaced and released meanwhile: take the new one
+		}
+		s, err := p.Get()
+		if err != nil {
+			p.Unref()
+		}
+		return s, err
+	}
+}
+
+// put returns a stream from get and drops get's reference.
+func (sw *switched) put(s *Stream) {
+	p := s.Pool()
+	p.Put(s)
+	p.Unref()
+}
+
 // TestAlgorithmSwitchUnderLoad switches the primary pool while workers write
 // pages (each stored page pins the pool that compressed it) and read them
 // back with that pool; every old pool must be destroyed exactly once, after
@@ -184,7 +220,7 @@ func TestAlgorithmSwitchUnderLoad(t *testing.T) {
 	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(0))
 	for _, m := range modes {
 		t.Run(m.String(), func(t *testing.T) {
-			var set Set
+			var sw switched
 			var made, released atomic.Int64
 			type poolInfo struct {
 				released atomic.Bool
@@ -203,9 +239,7 @@ func TestAlgorithmSwitchUnderLoad(t *testing.T) {
 				made.Add(1)
 				return p
 			}
-			if err := set.SetPool(0, newPool()); err != nil {
-				t.Fatal(err)
-			}
+			sw.install(newPool())
 			type stored struct {
 				pool *Pool
 				seed uint64
@@ -238,7 +272,7 @@ func TestAlgorithmSwitchUnderLoad(t *testing.T) {
 							pg.pool.Put(s)
 							pg.pool.Unref()
 						}
-						s, err := set.Get(0)
+						s, err := sw.get()
 						if err != nil {
 							t.Error(err)
 							return
@@ -251,7 +285,7 @@ func TestAlgorithmSwitchUnderLoad(t *testing.T) {
 						}
 						s.Pool().Ref() // the page pins its pool
 						pages[k] = stored{pool: s.Pool(), seed: seed, data: append(pages[k].data[:0], s.Buf[:n]...)}
-						set.Put(s)
+						sw.put(s)
 					}
 					for _, pg := range pages {
 						if pg.pool != nil {
@@ -263,9 +297,7 @@ func TestAlgorithmSwitchUnderLoad(t *testing.T) {
 			deadline := time.Now().Add(stressTime())
 			for time.Now().Before(deadline) {
 				time.Sleep(20 * time.Millisecond)
-				if err := set.SetPool(0, newPool()); err != nil {
-					t.Fatal(err)
-				}
+				sw.install(newPool())
 				runtime.GOMAXPROCS(1 + rand.IntN(4))
 			}
 			stop.Store(true)
@@ -275,9 +307,9 @@ func TestAlgorithmSwitchUnderLoad(t *testing.T) {
 			if r, n := released.Load(), made.Load(); r != n-1 {
 				t.Errorf("%d of %d pools released with only the current one live, want %d", r, n, n-1)
 			}
-			set.Close()
+			sw.install(nil)
 			if r, n := released.Load(), made.Load(); r != n {
-				t.Errorf("%d of %d pools released after Close", r, n)
+				t.Errorf("%d of %d pools released after the last was killed", r, n)
 			}
 			t.Logf("%d pools switched and destroyed", made.Load())
 		})
@@ -391,7 +423,7 @@ func TestHeldAtDestroy(t *testing.T) {
 }
 
 // TestHotPathAllocs proves Get/Put and the zcomp work allocate nothing, on a
-// Pool and through a Set (with its reference taking).
+// Pool alone and with the references a device's request and page take.
 func TestHotPathAllocs(t *testing.T) {
 	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1)) // AllocsPerRun runs at 1
 	src, out := make([]byte, zcomp.PageSize), make([]byte, zcomp.PageSize)
@@ -403,14 +435,14 @@ func TestHotPathAllocs(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				var set Set
+				var sw switched
 				p2, _ := NewPool(PoolConfig{Backend: lz4(t), Mode: m, Prealloc: prealloc})
-				set.SetPool(1, p2)
+				sw.install(p2)
 				// Warm up: lazy streams are created on first use.
 				s, _ := p.Get()
 				p.Put(s)
-				s, _ = set.Get(1)
-				set.Put(s)
+				s, _ = sw.get()
+				sw.put(s)
 				work := func(s *Stream) {
 					n, err := s.Ctx.Compress(s.Buf[:zcomp.PageSize], src)
 					if err != nil {
@@ -427,13 +459,13 @@ func TestHotPathAllocs(t *testing.T) {
 					}
 					work(s)
 					p.Put(s)
-					s, err = set.Get(1)
+					s, err = sw.get()
 					if err != nil {
 						t.Fatal(err)
 					}
 					work(s)
 					s.Pool().Ref()
-					set.Put(s)
+					sw.put(s)
 					p2.Unref()
 				})
 				if a != 0 {

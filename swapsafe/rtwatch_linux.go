@@ -5,16 +5,15 @@ package swapsafe
 import (
 	"errors"
 	"fmt"
-	"os"
 	"runtime"
-	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/uzram/uzram/hostmem"
 )
 
 // rtWatch runs RealtimeAuto: the server's threads stay in SCHED_OTHER while
@@ -77,10 +76,8 @@ func DefaultRealtimeBelow() uint64 {
 	}
 	total := uint64(si.Totalram) * uint64(si.Unit)
 	below := total / 16
-	if b, err := os.ReadFile("/proc/sys/vm/min_free_kbytes"); err == nil {
-		if kb, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64); err == nil {
-			below = max(below, 16*kb<<10)
-		}
+	if kb, err := hostmem.MinFreeKiB(); err == nil {
+		below = max(below, 16*kb<<10)
 	}
 	return min(below, total/2)
 }

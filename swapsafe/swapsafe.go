@@ -1,5 +1,6 @@
 // Package swapsafe prepares a process that serves a swap device to keep
-// working when the machine is out of memory (DESIGN.md section 4, lesson 5).
+// working when the machine is out of memory (docs/guest.md: what a guest
+// out of memory showed without it).
 //
 // A swap device's server is part of the kernel's reclaim path: when memory is
 // short the kernel writes pages out through it, so the server must not wait
@@ -86,13 +87,6 @@ func ParseRealtimeMode(s string) (RealtimeMode, error) {
 		}
 	}
 	return 0, fmt.Errorf("unknown realtime mode %q (want never, auto or always)", s)
-}
-
-// All returns Options with every step enabled: what `uzram serve` uses unless
-// told otherwise by --no-io-flusher, --no-mlock, --no-oom-adj or
-// --realtime never.
-func All() Options {
-	return Options{IOFlusher: true, Mlock: true, OOMScoreAdj: true, Realtime: RealtimeAuto}
 }
 
 // Thread flag bits from include/linux/sched.h, as shown in field 9 of

@@ -28,7 +28,8 @@ var (
 )
 
 // benchCorpus is 4 KiB pages of real files, half machine code (pages spread
-// over the Go tool) and half text (Go sources), as DESIGN.md §9 measured.
+// over the Go tool) and half text (Go sources): the pages of the figures in
+// docs/benchmarks.md.
 func benchCorpus(b *testing.B) [][]byte {
 	corpusOnce.Do(func() {
 		bin, err := os.ReadFile(binaryFile(b))

@@ -36,19 +36,15 @@ const (
 func (deflateBackend) Name() string { return "deflate" }
 
 func (deflateBackend) ValidateLevel(level int) error {
-	return checkRange("deflate", level, deflateMinLevel, deflateMaxLevel, "6")
+	return checkLevel("deflate", level, deflateMinLevel, deflateMaxLevel, deflateDefaultLevel)
 }
 
 func (b deflateBackend) NewContext(p Params) (Context, error) {
-	if err := b.ValidateLevel(p.Level); err != nil {
+	level, err := resolveLevel(b, p.Level, deflateDefaultLevel)
+	if err != nil {
 		return nil, err
 	}
-	level := p.Level
-	if level == 0 {
-		level = deflateDefaultLevel
-	}
 	c := &deflateContext{dict: p.Dict}
-	var err error
 	if len(p.Dict) > 0 {
 		c.w, err = flate.NewWriterDict(nil, level, p.Dict)
 	} else {

@@ -27,16 +27,13 @@ const (
 func (lz4hcBackend) Name() string { return "lz4hc" }
 
 func (lz4hcBackend) ValidateLevel(level int) error {
-	return checkRange("lz4hc", level, lz4hcMinLevel, lz4hcMaxLevel, "9")
+	return checkLevel("lz4hc", level, lz4hcMinLevel, lz4hcMaxLevel, lz4hcDefaultLevel)
 }
 
 func (b lz4hcBackend) NewContext(p Params) (Context, error) {
-	if err := b.ValidateLevel(p.Level); err != nil {
+	level, err := resolveLevel(b, p.Level, lz4hcDefaultLevel)
+	if err != nil {
 		return nil, err
-	}
-	level := p.Level
-	if level == 0 {
-		level = lz4hcDefaultLevel
 	}
 	depth := 1 << (level - 1)
 	if len(p.Dict) > 0 {

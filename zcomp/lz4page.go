@@ -143,6 +143,11 @@ func (e *lz4PageEncoder) encode(dst, win []byte, start, accel int) (int, error) 
 // returns the output length and the start of the literals left for the last
 // sequence; di is -1 when the output does not fit in len(dst). len(src) is
 // at most lz4PageMaxInput and len(src)-start at least lz4MinInput.
+//
+// It stays one long function on purpose: it is the encoder's hot loop
+// (probe, extend, emit, for every sequence of every page), and helpers
+// split out of it would be calls on that path unless the compiler inlined
+// them, which its inlining budget does not promise for bodies this size.
 func (e *lz4PageEncoder) sequences(dst, src []byte, start, accel int) (di, anchor int) {
 	t := &e.table
 	n := len(src)

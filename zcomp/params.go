@@ -4,7 +4,8 @@ import (
 	"fmt"
 	"os"
 	"strconv"
-	"strings"
+
+	"github.com/uzram/uzram/keyval"
 )
 
 // ParseParams parses the backend part of zram's algorithm_params syntax:
@@ -18,38 +19,26 @@ import (
 // Each key may appear once; unknown keys and malformed values are errors.
 func ParseParams(s string) (Params, error) {
 	var p Params
-	seen := map[string]bool{}
-	for _, field := range strings.Fields(s) {
-		key, val, ok := strings.Cut(field, "=")
-		if !ok {
-			return Params{}, fmt.Errorf("zcomp: params: %q is not key=value", field)
+	kv, err := keyval.Parse(s, "level", "dict")
+	if err != nil {
+		return Params{}, fmt.Errorf("zcomp: params: %w", err)
+	}
+	if val, ok := kv["level"]; ok {
+		n, err := strconv.Atoi(val)
+		if err != nil {
+			return Params{}, fmt.Errorf("zcomp: params: level %q is not an integer", val)
 		}
-		if seen[key] {
-			return Params{}, fmt.Errorf("zcomp: params: %s given twice", key)
+		p.Level = n
+	}
+	if val, ok := kv["dict"]; ok {
+		d, err := os.ReadFile(val)
+		if err != nil {
+			return Params{}, fmt.Errorf("zcomp: params: dict: %w", err)
 		}
-		seen[key] = true
-		if val == "" {
-			return Params{}, fmt.Errorf("zcomp: params: %s has an empty value", key)
+		if len(d) == 0 {
+			return Params{}, fmt.Errorf("zcomp: params: dict: %s is empty", val)
 		}
-		switch key {
-		case "level":
-			n, err := strconv.Atoi(val)
-			if err != nil {
-				return Params{}, fmt.Errorf("zcomp: params: level %q is not an integer", val)
-			}
-			p.Level = n
-		case "dict":
-			d, err := os.ReadFile(val)
-			if err != nil {
-				return Params{}, fmt.Errorf("zcomp: params: dict: %w", err)
-			}
-			if len(d) == 0 {
-				return Params{}, fmt.Errorf("zcomp: params: dict: %s is empty", val)
-			}
-			p.Dict = d
-		default:
-			return Params{}, fmt.Errorf("zcomp: params: unknown key %q (known: level, dict)", key)
-		}
+		p.Dict = d
 	}
 	return p, nil
 }

@@ -51,14 +51,12 @@
 // against a spec-strict decoder, pierrec's and liblz4's); decoding stays on
 // pierrec (~1.5-2 GB/s). Inputs over 64 KiB fall back to pierrec.
 //
-// Measured against pierrec's Compressor (the old default), same pages, calls
-// interleaved (BenchmarkLZ4PageInterleaved, six runs): 1.1-1.2x faster on
-// machine code and on text, both with a better ratio (1.576 against 1.523,
-// 1.739 against 1.651: LZ4's parse finds more matches); 1.9-2.1x on fio's 50%
-// compressible pages and 2.6-2.7x on random pages, which it rejects faster.
-// At level 2 (acceleration 2) it matches pierrec's ratio and is 1.2x faster.
-// A context shrinks from 135 KiB to 9 KiB. Safe Go throughout: unchecked
-// loads were measured and gained ~3%.
+// It replaced pierrec's Compressor as the default because it is faster on
+// every kind of page measured (1.1x on machine code and text, 2-2.7x on
+// half-compressible and random pages), with a better ratio where pages
+// compress, and its context is 9 KiB instead of 135 KiB (the figures and how
+// to reproduce them: docs/benchmarks.md). Safe Go
+// throughout: unchecked loads gained too little (~3%) to be worth it.
 //
 // # Memory per context
 //
@@ -89,6 +87,7 @@ import (
 	"fmt"
 	"math/bits"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 )
@@ -158,6 +157,23 @@ func ValidateLevel(name string, level int) error {
 	return nil
 }
 
+// resolveLevel checks level with v and turns 0 into def, the backend's
+// default: what each NewContext does first.
+func resolveLevel(v LevelValidator, level, def int) (int, error) {
+	if err := v.ValidateLevel(level); err != nil {
+		return 0, err
+	}
+	if level == 0 {
+		return def, nil
+	}
+	return level, nil
+}
+
+// checkLevel is checkRange for a backend whose default is a level.
+func checkLevel(name string, level, lo, hi, def int) error {
+	return checkRange(name, level, lo, hi, strconv.Itoa(def))
+}
+
 // checkRange is the shared shape of the backends' level checks.
 func checkRange(name string, level, lo, hi int, def string) error {
 	if level == 0 || (level >= lo && level <= hi) {
@@ -212,7 +228,7 @@ const Default = "lz4"
 // grows on demand (decoder literal buffers, Huffman link tables, pooled
 // entropy tables) reach a page's high-water mark while the context is built,
 // not on the first pages of the I/O path, which may run when memory is short
-// (DESIGN.md §4.5).
+// and so must not allocate (see package swapsafe).
 func warm(c Context) {
 	var page, comp, out [PageSize]byte
 	x := uint32(2463534242)

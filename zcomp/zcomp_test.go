@@ -13,8 +13,8 @@ import (
 	"testing"
 )
 
-// hugeThreshold is about the dst the device passes (DESIGN.md: the huge
-// class size for 4 KiB pages).
+// hugeThreshold is about the dst the device passes: zram's huge class size
+// for 4 KiB pages, blockdev.HugeThreshold (which this package cannot import).
 const hugeThreshold = 3632
 
 // testLevels are the levels every round-trip test covers, per backend:
@@ -38,7 +38,7 @@ var (
 )
 
 // binaryFile is a real executable to take pages from: the Go tool if it is
-// where DESIGN.md measured it, else this test binary.
+// where the figures in docs/benchmarks.md took it from, else this test binary.
 func binaryFile(tb testing.TB) string {
 	for _, p := range []string{"/usr/local/go/bin/go", filepath.Join(runtime.GOROOT(), "bin", "go")} {
 		if _, err := os.Stat(p); err == nil {

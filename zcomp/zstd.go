@@ -40,7 +40,7 @@ const (
 func (zstdBackend) Name() string { return "zstd" }
 
 func (zstdBackend) ValidateLevel(level int) error {
-	return checkRange("zstd", level, zstdMinLevel, zstdMaxLevel, "3")
+	return checkLevel("zstd", level, zstdMinLevel, zstdMaxLevel, zstdDefaultLevel)
 }
 
 // zstdEncoderLevel maps a zstd level onto klauspost's strategies by ratio,
@@ -68,12 +68,9 @@ func zstdEncoderLevel(level int) zstd.EncoderLevel {
 }
 
 func (b zstdBackend) NewContext(p Params) (Context, error) {
-	if err := b.ValidateLevel(p.Level); err != nil {
+	level, err := resolveLevel(b, p.Level, zstdDefaultLevel)
+	if err != nil {
 		return nil, err
-	}
-	level := p.Level
-	if level == 0 {
-		level = zstdDefaultLevel
 	}
 	if len(p.Dict) > 0 && zstdEncoderLevel(level) == zstd.SpeedBestCompression {
 		// Its Reset copies 34 MiB of dictionary-primed match tables per

@@ -171,31 +171,40 @@ func runKind(ctx context.Context, o options, f fio, tmp string, d dataKind, jobs
 	} else {
 		kr.zramNote = "skipped (--no-zram)"
 	}
+	if err := kr.fill(ctx, f, d); err != nil {
+		return nil, err
+	}
+	return kr, kr.runJobs(ctx, o, f, d)
+}
+
+// fill writes d to every target, measuring each server's memory before,
+// right after and once settled.
+func (kr *kindResult) fill(ctx context.Context, f fio, d dataKind) error {
 	// Let the servers settle: a Go server's RSS right after exec still grows.
 	time.Sleep(500 * time.Millisecond)
 	for _, t := range kr.targets {
 		idle, err := t.rss()
 		if err != nil {
-			return nil, err
+			return err
 		}
 		logf("fill %s: %s", d.name, t.name)
 		if err := f.fill(ctx, t, d); err != nil {
-			return nil, err
+			return err
 		}
 		m := memRow{target: t.name, uzram: t.uzram, store: t.short != "null", rssIdle: idle}
 		if m.rssFill, err = t.rss(); err != nil {
-			return nil, err
+			return err
 		}
 		kr.mem = append(kr.mem, m)
 	}
 	if kr.kernel != nil {
 		logf("fill %s: %s", d.name, kr.kernel.name)
 		if err := f.fill(ctx, kr.kernel, d); err != nil {
-			return nil, err
+			return err
 		}
 		mm, err := zramMMStat()
 		if err != nil {
-			return nil, err
+			return err
 		}
 		kr.zramMem = mm
 		// What mem_used_total leaves out; a note instead if unreadable.
@@ -215,18 +224,24 @@ func runKind(ctx context.Context, o options, f fio, tmp string, d dataKind, jobs
 		m := &kr.mem[i]
 		var err error
 		if m.rss, err = t.rss(); err != nil {
-			return nil, err
+			return err
 		}
 		if m.rssAnon, err = t.rssAnon(); err != nil {
-			return nil, err
+			return err
 		}
 		if t.uzram {
 			if m.mm, err = t.mmStat(); err != nil {
-				return nil, err
+				return err
 			}
 		}
 	}
 
+	return nil
+}
+
+// runJobs runs every job on every target, interleaved run by run.
+func (kr *kindResult) runJobs(ctx context.Context, o options, f fio, d dataKind) error {
+	jobs := kr.jobs
 	all := kr.targets
 	if kr.kernel != nil {
 		all = append(append([]*target{}, kr.targets...), kr.kernel)
@@ -237,12 +252,12 @@ func runKind(ctx context.Context, o options, f fio, tmp string, d dataKind, jobs
 		for r := 0; r < o.runs; r++ {
 			for _, t := range all {
 				if ctx.Err() != nil {
-					return kr, ctx.Err()
+					return ctx.Err()
 				}
 				n++
 				s, err := f.run(ctx, t, j, d)
 				if err != nil {
-					return kr, err
+					return err
 				}
 				kr.samples[j.name][t.name] = append(kr.samples[j.name][t.name], s)
 				logf("[%s %d/%d] %s run %d, %s: %s IOPS, p50 %.0f us, p99 %.0f us",
@@ -250,7 +265,7 @@ func runKind(ctx context.Context, o options, f fio, tmp string, d dataKind, jobs
 			}
 		}
 	}
-	return kr, nil
+	return nil
 }
 
 // pickJobs keeps the jobs whose name contains one of the comma-separated

@@ -164,7 +164,41 @@ func (r *report) chartName(i int) string {
 }
 
 func (r *report) writeKind(b *strings.Builder, kr *kindResult, i int) {
-	fmt.Fprintf(b, "## %s data\n\n### IOPS\n\n| job |", kr.kind.name)
+	fmt.Fprintf(b, "## %s data\n\n", kr.kind.name)
+	kr.writeTable(b, "IOPS", func(ss []sample) string {
+		s := summarize(ss, iops)
+		return fmt.Sprintf("%s (%s–%s)", fmtIOPS(s.med), fmtIOPS(s.min), fmtIOPS(s.max))
+	})
+	b.WriteString("\n")
+	kr.writeTable(b, "Latency p50 / p99, µs (reads for randrw; median over runs)", func(ss []sample) string {
+		return fmt.Sprintf("%.0f / %.0f", summarize(ss, p50).med, summarize(ss, p99).med)
+	})
+	kr.writeRatios(b)
+	if kr.kernel != nil {
+		fmt.Fprintf(b, "\n### Reference: host kernel zram lz4 (fio libaio direct on %s; no socket, no process switch: the ceiling, not a peer)\n\n", zramDev)
+		b.WriteString("| job | IOPS | p50 µs | p99 µs |\n|---|---:|---:|---:|\n")
+		for _, j := range kr.jobs {
+			ss := kr.samples[j.name][kr.kernel.name]
+			s := summarize(ss, iops)
+			fmt.Fprintf(b, "| %s | %s (%s–%s) | %.0f | %.0f |\n", j.name, fmtIOPS(s.med), fmtIOPS(s.min), fmtIOPS(s.max),
+				summarize(ss, p50).med, summarize(ss, p99).med)
+		}
+	} else {
+		fmt.Fprintf(b, "\nHost kernel zram: %s\n", kr.zramNote)
+	}
+
+	png := r.chartName(i)
+	if err := r.chart(kr, filepath.Join(r.opts.out, png)); err != nil {
+		fmt.Fprintf(b, "\n(chart failed: %v)\n\n", err)
+	} else {
+		fmt.Fprintf(b, "\n![IOPS by job and target, %s data](%s)\n\n", kr.kind.name, png)
+	}
+}
+
+// writeTable writes a table of a job per row and a target per column, each
+// cell made from the samples of that job on that target.
+func (kr *kindResult) writeTable(b *strings.Builder, title string, cell func([]sample) string) {
+	fmt.Fprintf(b, "### %s\n\n| job |", title)
 	for _, t := range kr.targets {
 		fmt.Fprintf(b, " %s |", t.name)
 	}
@@ -172,28 +206,16 @@ func (r *report) writeKind(b *strings.Builder, kr *kindResult, i int) {
 	for _, j := range kr.jobs {
 		fmt.Fprintf(b, "| %s |", j.name)
 		for _, t := range kr.targets {
-			s := summarize(kr.samples[j.name][t.name], iops)
-			fmt.Fprintf(b, " %s (%s–%s) |", fmtIOPS(s.med), fmtIOPS(s.min), fmtIOPS(s.max))
+			fmt.Fprintf(b, " %s |", cell(kr.samples[j.name][t.name]))
 		}
 		b.WriteString("\n")
 	}
+}
 
-	fmt.Fprintf(b, "\n### Latency p50 / p99, µs (reads for randrw; median over runs)\n\n| job |")
-	for _, t := range kr.targets {
-		fmt.Fprintf(b, " %s |", t.name)
-	}
-	b.WriteString("\n|---|" + strings.Repeat("---:|", len(kr.targets)) + "\n")
-	for _, j := range kr.jobs {
-		fmt.Fprintf(b, "| %s |", j.name)
-		for _, t := range kr.targets {
-			ss := kr.samples[j.name][t.name]
-			fmt.Fprintf(b, " %.0f / %.0f |", summarize(ss, p50).med, summarize(ss, p99).med)
-		}
-		b.WriteString("\n")
-	}
-
+// writeRatios writes each uzram target's figures over its peers'.
+func (kr *kindResult) writeRatios(b *strings.Builder) {
 	// Ratios of median IOPS: against the transport ceiling and the
-	// compressed-RAM peer, the two comparisons the targets name;
+	// compressed-RAM peer, the two comparisons README's Performance makes;
 	// a narrowed run (--targets) gets the columns of the peers it has.
 	var uz []*target
 	for _, t := range kr.targets {
@@ -242,26 +264,6 @@ func (r *report) writeKind(b *strings.Builder, kr *kindResult, i int) {
 			}
 			b.WriteString("\n")
 		}
-	}
-
-	if kr.kernel != nil {
-		fmt.Fprintf(b, "\n### Reference: host kernel zram lz4 (fio libaio direct on %s; no socket, no process switch: the ceiling, not a peer)\n\n", zramDev)
-		b.WriteString("| job | IOPS | p50 µs | p99 µs |\n|---|---:|---:|---:|\n")
-		for _, j := range kr.jobs {
-			ss := kr.samples[j.name][kr.kernel.name]
-			s := summarize(ss, iops)
-			fmt.Fprintf(b, "| %s | %s (%s–%s) | %.0f | %.0f |\n", j.name, fmtIOPS(s.med), fmtIOPS(s.min), fmtIOPS(s.max),
-				summarize(ss, p50).med, summarize(ss, p99).med)
-		}
-	} else {
-		fmt.Fprintf(b, "\nHost kernel zram: %s\n", kr.zramNote)
-	}
-
-	png := r.chartName(i)
-	if err := r.chart(kr, filepath.Join(r.opts.out, png)); err != nil {
-		fmt.Fprintf(b, "\n(chart failed: %v)\n\n", err)
-	} else {
-		fmt.Fprintf(b, "\n![IOPS by job and target, %s data](%s)\n\n", kr.kind.name, png)
 	}
 }
 

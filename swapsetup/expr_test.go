@@ -1,4 +1,4 @@
-package control
+package swapsetup
 
 import (
 	"math"

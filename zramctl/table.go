@@ -1,4 +1,6 @@
-package control
+// Package zramctl prints devices as zramctl lists zram devices: its columns
+// and their meanings, aligned, raw (--raw) and JSON (--json) output.
+package zramctl
 
 import (
 	"bytes"
@@ -8,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/uzram/uzram/control"
 	"github.com/uzram/uzram/sizes"
 )
 
@@ -17,11 +20,11 @@ type Column struct {
 	Help  string
 	right bool // numbers are right-aligned, as libsmartcols does for zramctl
 	// value gives the cell as text and as a JSON value.
-	value func(d *Device, inBytes bool) (string, any)
+	value func(d *control.Device, inBytes bool) (string, any)
 }
 
-func sizeCol(get func(d *Device) int64) func(*Device, bool) (string, any) {
-	return func(d *Device, inBytes bool) (string, any) {
+func sizeCol(get func(d *control.Device) int64) func(*control.Device, bool) (string, any) {
+	return func(d *control.Device, inBytes bool) (string, any) {
 		n := get(d)
 		if inBytes {
 			return strconv.FormatInt(n, 10), n
@@ -31,8 +34,8 @@ func sizeCol(get func(d *Device) int64) func(*Device, bool) (string, any) {
 	}
 }
 
-func countCol(get func(d *Device) int64) func(*Device, bool) (string, any) {
-	return func(d *Device, _ bool) (string, any) {
+func countCol(get func(d *control.Device) int64) func(*control.Device, bool) (string, any) {
+	return func(d *control.Device, _ bool) (string, any) {
 		n := get(d)
 		return strconv.FormatInt(n, 10), n
 	}
@@ -42,30 +45,30 @@ func countCol(get func(d *Device) int64) func(*Device, bool) (string, any) {
 // prints them in), with zramctl's meanings: MEM-USED is the peak
 // (mem_used_max), MIGRATED is pages_compacted, COMP-RATIO is DATA/TOTAL.
 var Columns = []Column{
-	{Name: "NAME", Help: "device name", value: func(d *Device, _ bool) (string, any) { return d.Name, d.Name }},
+	{Name: "NAME", Help: "device name", value: func(d *control.Device, _ bool) (string, any) { return d.Name, d.Name }},
 	{Name: "DISKSIZE", Help: "limit on the uncompressed amount of data", right: true,
-		value: sizeCol(func(d *Device) int64 { return d.DiskSize })},
+		value: sizeCol(func(d *control.Device) int64 { return d.DiskSize })},
 	{Name: "DATA", Help: "uncompressed size of stored data", right: true,
-		value: sizeCol(func(d *Device) int64 { return d.MM.OrigDataSize })},
+		value: sizeCol(func(d *control.Device) int64 { return d.MM.OrigDataSize })},
 	{Name: "COMPR", Help: "compressed size of stored data", right: true,
-		value: sizeCol(func(d *Device) int64 { return d.MM.ComprDataSize })},
+		value: sizeCol(func(d *control.Device) int64 { return d.MM.ComprDataSize })},
 	{Name: "ALGORITHM", Help: "the selected compression algorithm",
-		value: func(d *Device, _ bool) (string, any) { return d.Algorithm, d.Algorithm }},
+		value: func(d *control.Device, _ bool) (string, any) { return d.Algorithm, d.Algorithm }},
 	{Name: "STREAMS", Help: "number of concurrent compress operations", right: true,
-		value: countCol(func(d *Device) int64 { return int64(d.Streams) })},
+		value: countCol(func(d *control.Device) int64 { return int64(d.Streams) })},
 	{Name: "ZERO-PAGES", Help: "same-filled pages with no allocated memory", right: true,
-		value: countCol(func(d *Device) int64 { return d.MM.SamePages })},
+		value: countCol(func(d *control.Device) int64 { return d.MM.SamePages })},
 	{Name: "TOTAL", Help: "all memory including allocator fragmentation and metadata overhead", right: true,
-		value: sizeCol(func(d *Device) int64 { return d.MM.MemUsedTotal })},
+		value: sizeCol(func(d *control.Device) int64 { return d.MM.MemUsedTotal })},
 	{Name: "MEM-LIMIT", Help: "memory limit used to store compressed data", right: true,
-		value: sizeCol(func(d *Device) int64 { return d.MM.MemLimit })},
+		value: sizeCol(func(d *control.Device) int64 { return d.MM.MemLimit })},
 	{Name: "MEM-USED", Help: "peak memory usage to store compressed data", right: true,
-		value: sizeCol(func(d *Device) int64 { return d.MM.MemUsedMax })},
+		value: sizeCol(func(d *control.Device) int64 { return d.MM.MemUsedMax })},
 	{Name: "MIGRATED", Help: "number of pages freed by compaction", right: true,
-		value: countCol(func(d *Device) int64 { return d.MM.PagesCompacted })},
+		value: countCol(func(d *control.Device) int64 { return d.MM.PagesCompacted })},
 	{Name: "COMP-RATIO", Help: "compression ratio: DATA/TOTAL", right: true, value: compRatio},
 	{Name: "MOUNTPOINT", Help: "where the attached /dev/nbdN is mounted, or [SWAP]",
-		value: func(d *Device, _ bool) (string, any) {
+		value: func(d *control.Device, _ bool) (string, any) {
 			if d.MountPoint == "" {
 				return "", nil
 			}
@@ -75,7 +78,7 @@ var Columns = []Column{
 
 // compRatio is zramctl's "%.4f" of DATA/TOTAL. zramctl prints C's nan or
 // inf for an empty store; a number keeps scripts that parse it working.
-func compRatio(d *Device, _ bool) (string, any) {
+func compRatio(d *control.Device, _ bool) (string, any) {
 	r := 0.0
 	if d.MM.MemUsedTotal > 0 {
 		r = float64(d.MM.OrigDataSize) / float64(d.MM.MemUsedTotal)
@@ -134,7 +137,7 @@ type ListOptions struct {
 }
 
 // WriteList prints devs as zramctl would.
-func WriteList(w io.Writer, devs []Device, o ListOptions) error {
+func WriteList(w io.Writer, devs []control.Device, o ListOptions) error {
 	names := o.Columns
 	if len(names) == 0 {
 		names = DefaultColumns
@@ -224,7 +227,7 @@ func rawEscape(s string) string {
 // writeJSONList prints {"devices": [...]} with keys in column order, the
 // column names lowercased as lsblk --json does; sizes are strings unless
 // --bytes, counts are numbers and an empty MOUNTPOINT is null.
-func writeJSONList(w io.Writer, devs []Device, cols []*Column, inBytes bool) error {
+func writeJSONList(w io.Writer, devs []control.Device, cols []*Column, inBytes bool) error {
 	var b bytes.Buffer
 	b.WriteString("{\n  \"devices\": [")
 	for i := range devs {
@@ -240,7 +243,7 @@ func writeJSONList(w io.Writer, devs []Device, cols []*Column, inBytes bool) err
 			key, _ := json.Marshal(strings.ToLower(c.Name))
 			val, err := json.Marshal(v)
 			if err != nil {
-				return fmt.Errorf("control: json: %w", err)
+				return fmt.Errorf("zramctl: json: %w", err)
 			}
 			fmt.Fprintf(&b, "\n      %s: %s", key, val)
 		}

@@ -1,4 +1,4 @@
-package control
+package swapsetup
 
 import (
 	"bufio"
@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/uzram/uzram/sizes"
+	"github.com/uzram/uzram/streams"
 )
 
 // The config file of `uzram setup`, in the spirit of zram-generator's
@@ -150,8 +151,8 @@ func ParseAlgorithms(v string) (algo, params string, recomp []string, err error)
 	if len(toks) == 0 {
 		return "", "", nil, fmt.Errorf("empty: want an algorithm such as lz4")
 	}
-	if len(toks) > 1+maxRecomp {
-		return "", "", nil, fmt.Errorf("%q: at most %d recompression algorithms", v, maxRecomp)
+	if len(toks) > 1+streams.MaxPriority {
+		return "", "", nil, fmt.Errorf("%q: at most %d recompression algorithms", v, streams.MaxPriority)
 	}
 	for i, t := range toks {
 		wrapped := strings.HasPrefix(t, "(") && strings.HasSuffix(t, ")")
@@ -173,9 +174,6 @@ func ParseAlgorithms(v string) (algo, params string, recomp []string, err error)
 	}
 	return algo, params, recomp, nil
 }
-
-// maxRecomp is how many recompression priorities zram has (1..3).
-const maxRecomp = 3
 
 // splitTop splits on spaces outside parentheses.
 func splitTop(v string) ([]string, error) {
@@ -256,30 +254,4 @@ func (c *SwapConfig) SizeBytes(ramMiB float64) (int64, error) {
 		return 0, fmt.Errorf("size expression %q gives %g MiB: too large", c.Size, mib)
 	}
 	return sizes.RoundPage(int64(math.Ceil(b))), nil
-}
-
-// HostRAMMiB reads MemTotal from /proc/meminfo, in MiB.
-func HostRAMMiB() (float64, error) {
-	kib, err := MeminfoKiB("MemTotal")
-	return float64(kib) / 1024, err
-}
-
-// MeminfoKiB reads one field of /proc/meminfo ("MemTotal", "MemAvailable"), in KiB.
-func MeminfoKiB(field string) (int64, error) {
-	b, err := os.ReadFile("/proc/meminfo")
-	if err != nil {
-		return 0, fmt.Errorf("reading host memory: %w", err)
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if rest, ok := strings.CutPrefix(line, field+":"); ok {
-			f := strings.Fields(rest)
-			if len(f) >= 1 {
-				kib, err := strconv.ParseInt(f[0], 10, 64)
-				if err == nil {
-					return kib, nil
-				}
-			}
-		}
-	}
-	return 0, fmt.Errorf("no %s in /proc/meminfo", field)
 }

@@ -1,4 +1,8 @@
-package control
+// Package swapsetup sets devices up on the host as an admin would, around
+// the daemon's control API: attach and detach with nbd-client, swapon and
+// swapoff (mkswap, swapon --discard=pages), and the zram-generator style
+// config file of `uzram setup`, with its size expressions.
+package swapsetup
 
 import (
 	"errors"
@@ -6,11 +10,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"sort"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/uzram/uzram/control"
 )
 
 // What `uzram attach`, `detach`, `swapon` and `swapoff` do around the API:
@@ -22,11 +27,6 @@ var SysBlock = "/sys/block"
 
 // AttachTimeout is nbd-client's -t for attached devices, in seconds.
 const AttachTimeout = 600
-
-var nbdDevPattern = regexp.MustCompile(`^/dev/nbd([0-9]+)$`)
-
-// IsNBD reports whether s names an NBD device node, /dev/nbdN.
-func IsNBD(s string) bool { return nbdDevPattern.MatchString(s) }
 
 // runTool runs an admin tool and folds its output into the error, so the
 // admin sees why it failed on the same line.
@@ -52,7 +52,7 @@ func nbdDevices() ([]string, error) {
 		paths, _ := filepath.Glob(filepath.Join(SysBlock, "nbd*"))
 		var out []string
 		for _, p := range paths {
-			if IsNBD("/dev/" + filepath.Base(p)) {
+			if control.IsNBD("/dev/" + filepath.Base(p)) {
 				out = append(out, "/dev/"+filepath.Base(p))
 			}
 		}
@@ -71,8 +71,9 @@ func nbdDevices() ([]string, error) {
 	return nil, errors.New("no /dev/nbd devices even after modprobe nbd")
 }
 
+// nbdIndex is N of /dev/nbdN.
 func nbdIndex(dev string) int {
-	n, _ := strconv.Atoi(nbdDevPattern.FindStringSubmatch(dev)[1])
+	n, _ := strconv.Atoi(strings.TrimPrefix(dev, "/dev/nbd"))
 	return n
 }
 
@@ -103,7 +104,7 @@ func FreeNBD() (string, error) {
 
 // Attach connects device name to an NBD device (nbd "" picks a free one)
 // with the flags a swap device needs, and returns the /dev/nbdN.
-func Attach(c *Client, name, nbd string, swap bool) (string, error) {
+func Attach(c *control.Client, name, nbd string, swap bool) (string, error) {
 	d, err := c.Get(name)
 	if err != nil {
 		return "", err
@@ -118,7 +119,7 @@ func Attach(c *Client, name, nbd string, swap bool) (string, error) {
 		if nbd, err = FreeNBD(); err != nil {
 			return "", err
 		}
-	} else if !IsNBD(nbd) {
+	} else if !control.IsNBD(nbd) {
 		return "", fmt.Errorf("bad NBD device %q: want /dev/nbdN, like /dev/nbd0", nbd)
 	} else if _, err := nbdDevices(); err != nil {
 		return "", err
@@ -143,7 +144,7 @@ func Attach(c *Client, name, nbd string, swap bool) (string, error) {
 		// Writeback throttling (wbt) holds swap writes back to meet a
 		// latency target meant for disks: under memory pressure reclaim
 		// then waits in wbt_wait while memory runs out (seen in the guest,
-		// hack/guest-README.md). zram has no such queue; switch it off.
+		// docs/guest.md). zram has no such queue; switch it off.
 		// Best effort: a kernel without wbt has no file.
 		_ = os.WriteFile(filepath.Join(SysBlock, filepath.Base(nbd), "queue", "wbt_lat_usec"), []byte("0\n"), 0)
 	}
@@ -156,9 +157,9 @@ func Attach(c *Client, name, nbd string, swap bool) (string, error) {
 
 // Detach disconnects a device, named or by its /dev/nbdN, and returns the
 // device name and the /dev/nbdN.
-func Detach(c *Client, target string) (string, string, error) {
+func Detach(c *control.Client, target string) (string, string, error) {
 	name, nbd := target, ""
-	if IsNBD(target) {
+	if control.IsNBD(target) {
 		nbd, name = target, ""
 		devs, err := c.List()
 		if err != nil {
@@ -196,7 +197,7 @@ func Detach(c *Client, target string) (string, string, error) {
 
 // SwapOptions describe a swap device for SwapOn.
 type SwapOptions struct {
-	Create   CreateRequest
+	Create   control.CreateRequest
 	Priority int      // swapon -p; negative: the kernel's default
 	Recomp   []string // recompression algorithms, priority 1, 2, ... ("zstd" or "zstd level=3")
 }
@@ -204,7 +205,7 @@ type SwapOptions struct {
 // SwapOn creates a device, sets its recompression algorithms, attaches it,
 // makes it swap and turns it on with discard, so swap's frees reach the
 // device. If a step fails, the steps before it are undone: nothing changed.
-func SwapOn(c *Client, o SwapOptions) (name, nbd string, err error) {
+func SwapOn(c *control.Client, o SwapOptions) (name, nbd string, err error) {
 	d, err := c.Create(o.Create)
 	if err != nil {
 		return "", "", err
@@ -248,7 +249,7 @@ func SwapOn(c *Client, o SwapOptions) (name, nbd string, err error) {
 }
 
 // SwapOff undoes SwapOn: swapoff, detach, reset.
-func SwapOff(c *Client, name string) (string, error) {
+func SwapOff(c *control.Client, name string) (string, error) {
 	d, err := c.Get(name)
 	if err != nil {
 		return "", err
@@ -270,11 +271,11 @@ func SwapOff(c *Client, name string) (string, error) {
 // RemoveWhenFree resets a device that was just detached: the kernel closes
 // its connections right after nbd-client -d returns, not before, so a busy
 // device is given a few seconds to let go.
-func RemoveWhenFree(c *Client, name string) error {
+func RemoveWhenFree(c *control.Client, name string) error {
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		err := c.Remove(name)
-		if !errors.Is(err, ErrBusy) || time.Now().After(deadline) {
+		if !errors.Is(err, control.ErrBusy) || time.Now().After(deadline) {
 			return err
 		}
 		time.Sleep(100 * time.Millisecond)
