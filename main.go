@@ -3,6 +3,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -17,6 +18,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/uzram/uzram/blockdev/nbd"
+	"github.com/uzram/uzram/blockdev/ublk"
 	"github.com/uzram/uzram/control"
 	"github.com/uzram/uzram/daemon"
 	"github.com/uzram/uzram/hostmem"
@@ -67,7 +69,10 @@ func serveFlags() []cli.Flag {
 		&cli.StringFlag{Name: "algorithm", Value: zcomp.Default, Usage: "compression algorithm: lz4, lz4hc, zstd, deflate"},
 		&cli.StringFlag{Name: "algorithm-params", Usage: `algorithm parameters, zram style: "level=3 dict=/path"`},
 		&cli.StringFlag{Name: "name", Value: "uzram0", Usage: "export name"},
-		&cli.StringFlag{Name: "socket", Usage: "unix socket path (default /run/uzram/NAME.sock)"},
+		&cli.StringFlag{Name: "socket", Usage: "unix socket path (default /run/uzram/NAME.sock; none with --ublk)"},
+		&cli.BoolFlag{Name: "ublk", Usage: "serve the device as /dev/ublkbN through the kernel's ublk driver (Linux 6.0+, modprobe ublk_drv) instead of on an NBD socket"},
+		&cli.IntFlag{Name: "ublk-id", Value: -1, Usage: "with --ublk: the N of /dev/ublkbN (default: the first free one)"},
+		&cli.IntFlag{Name: "ublk-queues", Usage: "with --ublk: hardware queues, a serving thread each (0: one per CPU)"},
 		&cli.StringFlag{Name: "listen", Usage: "also serve TCP on HOST:PORT (off unless asked)"},
 		&cli.StringFlag{Name: "mem-limit", Value: "0", Usage: "most store memory the device may hold (0: no limit)"},
 		&cli.StringFlag{Name: "stream-mode", Value: streams.DefaultMode.String(), Usage: "compression streams: percpu or pool"},
@@ -108,13 +113,28 @@ func serveAction(c *cli.Context) error {
 	}
 	var err error
 	// The first device is checked as one created at runtime is.
-	cfg.Device, err = daemon.DeviceConfig(control.CreateRequest{
+	req := control.CreateRequest{
 		Name: c.String("name"), Size: c.String("size"), Algorithm: c.String("algorithm"),
 		AlgorithmParams: c.String("algorithm-params"), StreamMode: c.String("stream-mode"),
 		Streams: c.Int("streams"), MemLimit: c.String("mem-limit"),
-	})
-	if err != nil {
+	}
+	transportFlags(c, &req)
+	if cfg.Device, err = daemon.DeviceConfig(req); err != nil {
 		return err
+	}
+	if cfg.Ublk, err = daemon.UblkOptions(req); err != nil {
+		return err
+	}
+	if cfg.Ublk != nil && cfg.NoDevice {
+		return fmt.Errorf("--ublk serves the first device, but --no-device asks for none: create ublk devices with uzram --find --size SIZE --ublk")
+	}
+	if cfg.Ublk != nil && !cfg.Takeover {
+		// Before anything starts: a kernel without ublk is one line.
+		ctl, err := ublk.OpenControl()
+		if err != nil {
+			return err
+		}
+		ctl.Close()
 	}
 	if cfg.StateFile != "" && cfg.NoDevice {
 		return fmt.Errorf("--state-file holds the first device's contents, but --no-device asks for none")
@@ -149,11 +169,12 @@ func serveAction(c *cli.Context) error {
 // socket, and who may connect.
 func socketFlags(c *cli.Context, cfg *daemon.Config) error {
 	cfg.Socket = c.String("socket")
-	if cfg.NoDevice {
-		if cfg.Socket != "" {
-			return fmt.Errorf("--socket names the first device's socket, but --no-device asks for none: use --socket-dir")
-		}
-	} else if cfg.Socket == "" {
+	switch {
+	case cfg.NoDevice && cfg.Socket != "":
+		return fmt.Errorf("--socket names the first device's socket, but --no-device asks for none: use --socket-dir")
+	case cfg.Ublk != nil && cfg.Socket != "":
+		return fmt.Errorf("--socket names the first device's NBD socket, but --ublk serves it as /dev/ublkbN: give one")
+	case !cfg.NoDevice && cfg.Ublk == nil && cfg.Socket == "":
 		cfg.Socket = daemon.SocketPath(cfg.Device.Name)
 	}
 	cfg.SocketDir = c.String("socket-dir")
@@ -173,6 +194,19 @@ func socketFlags(c *cli.Context, cfg *daemon.Config) error {
 		return fmt.Errorf("--socket-mode: %w", err)
 	}
 	return nil
+}
+
+// transportFlags reads --ublk, --ublk-id and --ublk-queues into req; the
+// daemon checks them (daemon.UblkOptions).
+func transportFlags(c *cli.Context, req *control.CreateRequest) {
+	if c.Bool("ublk") {
+		req.Transport = control.TransportUblk
+	}
+	if c.IsSet("ublk-id") {
+		id := c.Int("ublk-id")
+		req.UblkID = &id
+	}
+	req.UblkQueues = c.Int("ublk-queues")
 }
 
 // serverFlags reads the NBD server's options: read-only and TLS.
@@ -291,6 +325,9 @@ func listFlags() []cli.Flag {
 		&cli.StringFlag{Name: "algorithm-params", Usage: `algorithm parameters, zram style: "level=3 dict=/path"`},
 		&cli.IntFlag{Name: "streams", Aliases: []string{"t"}, Usage: "number of compression streams (0: one per CPU)"},
 		&cli.StringFlag{Name: "mem-limit", Usage: "store memory limit of the device to create (0: none)"},
+		&cli.BoolFlag{Name: "ublk", Usage: "serve the device to create as /dev/ublkbN (the kernel's ublk driver) instead of on an NBD socket"},
+		&cli.IntFlag{Name: "ublk-id", Value: -1, Usage: "with --ublk: the N of /dev/ublkbN (default: the first free one)"},
+		&cli.IntFlag{Name: "ublk-queues", Usage: "with --ublk: hardware queues (0: one per CPU)"},
 		&cli.BoolFlag{Name: "reset", Aliases: []string{"r"}, Usage: "free the named devices"},
 	}
 }
@@ -327,10 +364,12 @@ func listAction(c *cli.Context) error {
 		case len(args) == 1:
 			name = args[0]
 		}
-		d, err := cl.Create(control.CreateRequest{
+		req := control.CreateRequest{
 			Name: name, Size: c.String("size"), Algorithm: c.String("algorithm"),
 			AlgorithmParams: c.String("algorithm-params"), Streams: c.Int("streams"), MemLimit: c.String("mem-limit"),
-		})
+		}
+		transportFlags(c, &req)
+		d, err := cl.Create(req)
 		if err != nil {
 			return err
 		}
@@ -473,7 +512,22 @@ func clientCommands() []*cli.Command {
 	for _, file := range control.StatFiles {
 		cmds = append(cmds, statCommand(file))
 	}
-	return append(cmds, attachCommand(), detachCommand(), swaponCommand(), swapoffCommand(), setupCommand())
+	return append(cmds, attachCommand(), detachCommand(), swaponCommand(), swapoffCommand(), setupCommand(), stopCommand())
+}
+
+func stopCommand() *cli.Command {
+	return &cli.Command{
+		Name:         "stop",
+		Usage:        "stop the daemon as SIGTERM does: refused while a ublk device is active swap or mounted, unless --force",
+		OnUsageError: usageError,
+		Flags:        []cli.Flag{&cli.BoolFlag{Name: "force", Usage: "stop even with a ublk device in use: its swap or filesystem I/O then fails"}},
+		Action: func(c *cli.Context) error {
+			if c.NArg() > 0 {
+				return fmt.Errorf("stop takes no arguments, got %q", c.Args().First())
+			}
+			return client(c).Stop(c.Bool("force"))
+		},
+	}
 }
 
 func attachCommand() *cli.Command {
@@ -512,7 +566,7 @@ func detachCommand() *cli.Command {
 func swaponCommand() *cli.Command {
 	return &cli.Command{
 		Name:         "swapon",
-		Usage:        "create a device, attach it, mkswap and swapon --discard=pages, in one step; prints NAME /dev/nbdN",
+		Usage:        "create a device, attach it (or serve it as /dev/ublkbN with --ublk), mkswap and swapon --discard=pages, in one step; prints NAME and its node",
 		ArgsUsage:    "[NAME]",
 		OnUsageError: usageError,
 		Flags: []cli.Flag{
@@ -523,6 +577,9 @@ func swaponCommand() *cli.Command {
 			&cli.StringSliceFlag{Name: "recomp-algorithm", Usage: `recompression algorithm for priority 1, 2, 3 (repeat): "zstd" or "zstd level=9"`},
 			&cli.IntFlag{Name: "streams", Aliases: []string{"t"}, Usage: "number of compression streams (0: one per CPU)"},
 			&cli.StringFlag{Name: "mem-limit", Usage: "store memory limit (0: none)"},
+			&cli.BoolFlag{Name: "ublk", Usage: "serve it as /dev/ublkbN through the kernel's ublk driver: no nbd-client, no socket"},
+			&cli.IntFlag{Name: "ublk-id", Value: -1, Usage: "with --ublk: the N of /dev/ublkbN (default: the first free one)"},
+			&cli.IntFlag{Name: "ublk-queues", Usage: "with --ublk: hardware queues (0: one per CPU)"},
 		},
 		Action: func(c *cli.Context) error {
 			if c.NArg() > 1 {
@@ -531,13 +588,13 @@ func swaponCommand() *cli.Command {
 			if c.String("size") == "" {
 				return fmt.Errorf("swapon needs --size, like uzram swapon --size 4G")
 			}
+			req := control.CreateRequest{
+				Name: c.Args().First(), Size: c.String("size"), Algorithm: c.String("algorithm"),
+				AlgorithmParams: c.String("algorithm-params"), Streams: c.Int("streams"), MemLimit: c.String("mem-limit"),
+			}
+			transportFlags(c, &req)
 			name, nbd, err := swapsetup.SwapOn(client(c), swapsetup.SwapOptions{
-				Create: control.CreateRequest{
-					Name: c.Args().First(), Size: c.String("size"), Algorithm: c.String("algorithm"),
-					AlgorithmParams: c.String("algorithm-params"), Streams: c.Int("streams"), MemLimit: c.String("mem-limit"),
-				},
-				Priority: c.Int("priority"),
-				Recomp:   c.StringSlice("recomp-algorithm"),
+				Create: req, Priority: c.Int("priority"), Recomp: c.StringSlice("recomp-algorithm"),
 			})
 			if err != nil {
 				return err
@@ -603,8 +660,8 @@ func setupCommand() *cli.Command {
 					algo = zcomp.Default
 				}
 				if c.Bool("dry-run") {
-					fmt.Printf("%s size=%s algorithm=%s params=%q recomp=%q swap-priority=%d\n",
-						sc.Name, sizes.Human(size[i]), algo, sc.AlgorithmParams, strings.Join(sc.Recomp, ","), sc.Priority)
+					fmt.Printf("%s size=%s algorithm=%s params=%q recomp=%q swap-priority=%d transport=%s\n",
+						sc.Name, sizes.Human(size[i]), algo, sc.AlgorithmParams, strings.Join(sc.Recomp, ","), sc.Priority, cmp.Or(sc.Transport, control.TransportNBD))
 					continue
 				}
 				if _, err := cl.Get(sc.Name); err == nil {
@@ -617,6 +674,7 @@ func setupCommand() *cli.Command {
 					Create: control.CreateRequest{
 						Name: sc.Name, Size: strconv.FormatInt(size[i], 10), Algorithm: algo,
 						AlgorithmParams: sc.AlgorithmParams, Streams: sc.Streams, MemLimit: sc.MemLimit,
+						Transport: sc.Transport,
 					},
 					Priority: sc.Priority,
 					Recomp:   sc.Recomp,

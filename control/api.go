@@ -40,7 +40,21 @@ type CreateRequest struct {
 	StreamMode      string `json:"stream_mode,omitempty"`
 	Streams         int    `json:"streams,omitempty"`
 	MemLimit        string `json:"mem_limit,omitempty"`
+	// Transport is how the kernel reaches the device: "nbd" (the default:
+	// a unix socket that nbd-client attaches to /dev/nbdN) or "ublk" (the
+	// kernel's ublk driver serves it as /dev/ublkbN; no socket).
+	Transport string `json:"transport,omitempty"`
+	// UblkID asks for /dev/ublkbN with this N; nil takes the first free one.
+	UblkID *int `json:"ublk_id,omitempty"`
+	// UblkQueues is the number of ublk queues, a thread each (0: one per CPU).
+	UblkQueues int `json:"ublk_queues,omitempty"`
 }
+
+// Transports.
+const (
+	TransportNBD  = "nbd"
+	TransportUblk = "ublk"
+)
 
 // MMStat is zram's mm_stat, column for column.
 type MMStat struct {
@@ -76,6 +90,11 @@ type Device struct {
 	Connections int `json:"connections"`
 	// NBD is the /dev/nbdN it is attached to, when known.
 	NBD string `json:"nbd,omitempty"`
+	// Transport is "nbd" or "ublk" (CreateRequest.Transport).
+	Transport string `json:"transport"`
+	// Node is the kernel's block device for it: its /dev/ublkbN, or the
+	// /dev/nbdN it is attached to (NBD), if any.
+	Node string `json:"node,omitempty"`
 	// MountPoint is "[SWAP]" or where NBD is mounted, as zramctl shows it.
 	MountPoint string `json:"mountpoint,omitempty"`
 	// Compressors are the algorithms in use: priority 0 is the primary,
@@ -125,6 +144,13 @@ var nbdPattern = regexp.MustCompile(`^/dev/nbd[0-9]+$`)
 // IsNBD reports whether s names an NBD device node, /dev/nbdN: what an
 // AttachRequest may record.
 func IsNBD(s string) bool { return nbdPattern.MatchString(s) }
+
+// StopRequest asks the daemon to stop (`uzram stop`). Without Force it is
+// refused while a ublk node is in use (swap, a mount): the kernel would fail
+// that swap's I/O.
+type StopRequest struct {
+	Force bool `json:"force"`
+}
 
 // errorBody is every non-2xx response.
 type errorBody struct {

@@ -157,3 +157,8 @@ func (c *Client) StatFile(name, file string) (string, error) {
 func (c *Client) SetAttachment(name, nbd string) error {
 	return c.do(http.MethodPut, devPath(name)+"/attachment", AttachRequest{NBD: nbd}, nil)
 }
+
+// Stop asks the daemon to shut down (StopRequest).
+func (c *Client) Stop(force bool) error {
+	return c.do(http.MethodPost, stopPath, StopRequest{Force: force}, nil)
+}

@@ -14,6 +14,7 @@ import (
 type fakeManager struct {
 	devs  map[string]Device
 	knobs []string
+	stops int
 }
 
 func (f *fakeManager) List() []Device {
@@ -68,6 +69,15 @@ func (f *fakeManager) SetAttachment(name, nbd string) error {
 	d.NBD = nbd
 	f.devs[name] = d
 	return err
+}
+
+// Stop refuses unless forced while "busy" exists (a ublk node in use).
+func (f *fakeManager) Stop(force bool) error {
+	if _, busy := f.devs["busy"]; busy && !force {
+		return Errorf(ErrBusy, "not stopping: /dev/ublkb0 (busy) is active swap")
+	}
+	f.stops++
+	return nil
 }
 
 func serveFake(t *testing.T) (*fakeManager, *Client) {
@@ -128,6 +138,7 @@ func TestControlErrors(t *testing.T) {
 		{func() error { _, err := c.Create(CreateRequest{Name: "x", Size: "bad"}); return err }(), ErrInvalid, `bad size "bad"`},
 		{knobErr(c, "busy", "frobnicate", "1"), ErrInvalid, `no knob "frobnicate"`},
 		{func() error { _, err := c.StatFile("busy", "cpu_stat"); return err }(), ErrInvalid, `no stats file "cpu_stat"`},
+		{c.Stop(false), ErrBusy, "not stopping: /dev/ublkb0 (busy) is active swap"},
 	} {
 		if !errors.Is(tc.err, tc.kind) || tc.err.Error() != tc.msg && !strings.Contains(tc.err.Error(), tc.msg) {
 			t.Errorf("got %v, want %v containing %q", tc.err, tc.kind, tc.msg)
@@ -135,6 +146,17 @@ func TestControlErrors(t *testing.T) {
 		if strings.Contains(tc.err.Error(), "\n") {
 			t.Errorf("error %q is not one line", tc.err)
 		}
+	}
+}
+
+// TestControlStop: a forced stop goes through where a plain one is refused.
+func TestControlStop(t *testing.T) {
+	m, c := serveFake(t)
+	if err := c.Stop(true); err != nil {
+		t.Fatal(err)
+	}
+	if m.stops != 1 {
+		t.Fatalf("%d stops reached the manager, want 1", m.stops)
 	}
 }
 

@@ -26,6 +26,9 @@ type Manager interface {
 	SetKnob(ctx context.Context, name, knob, value string) (string, error)
 	// SetAttachment records or (nbd "") forgets the device's /dev/nbdN.
 	SetAttachment(name, nbd string) error
+	// Stop makes the daemon shut down (SIGTERM's way); without force it is
+	// refused with ErrBusy while a ublk node is in use.
+	Stop(force bool) error
 }
 
 // API routes, versioned so a newer CLI can tell an older daemon.
@@ -37,7 +40,10 @@ type Manager interface {
 //	GET    /v1/devices/{name}/{file}       mm_stat, io_stat, debug_stat (zram's), recomp_stat as text
 //	PUT    /v1/devices/{name}/{knob}       write a knob (KnobRequest)
 //	PUT    /v1/devices/{name}/attachment   record /dev/nbdN (AttachRequest)
+//	POST   /v1/stop                        stop the daemon (StopRequest; 409 while a ublk node is in use)
 const apiPrefix = "/v1/devices"
+
+const stopPath = "/v1/stop"
 
 // maxBody bounds request bodies: every request is a line of text or two.
 const maxBody = 64 << 10
@@ -59,6 +65,17 @@ func Handler(m Manager) http.Handler {
 			return
 		}
 		writeJSON(w, http.StatusCreated, d)
+	})
+	mux.HandleFunc("POST "+stopPath, func(w http.ResponseWriter, r *http.Request) {
+		var req StopRequest
+		if !readJSON(w, r, &req) {
+			return
+		}
+		if err := m.Stop(req.Force); err != nil {
+			writeError(w, err)
+			return
+		}
+		w.WriteHeader(http.StatusAccepted)
 	})
 	mux.HandleFunc("GET "+apiPrefix+"/{name}", func(w http.ResponseWriter, r *http.Request) {
 		d, err := m.Get(r.PathValue("name"))

@@ -29,6 +29,7 @@ import (
 
 	"github.com/uzram/uzram/blockdev"
 	"github.com/uzram/uzram/blockdev/nbd"
+	"github.com/uzram/uzram/blockdev/ublk"
 	"github.com/uzram/uzram/control"
 	"github.com/uzram/uzram/recompress"
 	"github.com/uzram/uzram/sizes"
@@ -41,7 +42,10 @@ import (
 type Config struct {
 	Device   blockdev.Config // the device to start with, unless NoDevice
 	NoDevice bool            // start empty; devices come through the control API
-	Socket   string          // the first device's unix socket; "" for none
+	// Ublk, if set, serves the first device as /dev/ublkbN instead of on
+	// Socket.
+	Ublk   *ublk.Options
+	Socket string // the first device's unix socket; "" for none
 	// SocketDir holds the sockets of devices created at runtime
 	// (SocketDir/NAME.sock); "" means SocketDirFor(Socket).
 	SocketDir string
@@ -111,6 +115,10 @@ type Daemon struct {
 	// then not ours to remove.
 	handoverReq chan *net.UnixConn
 	handedOff   bool
+	// ublkCtl is /dev/ublk-control, opened for the first ublk device.
+	ublkCtl *ublk.Control
+	// stopReq receives `uzram stop`'s request (stop.go).
+	stopReq chan stopRequest
 }
 
 // entry is one device and what the daemon keeps beside it.
@@ -126,14 +134,24 @@ type entry struct {
 	ops sync.RWMutex
 	// policy is the background recompression, if the daemon runs one.
 	policy *recompress.Runner
+	// ublk serves the device as /dev/ublkbN (ublkOpts as asked); nil for
+	// NBD, and once handed to a successor.
+	ublk     *ublk.Device
+	ublkOpts *ublk.Options
 }
 
-// close stops the device's background work and frees it.
+// close stops the device's background work and its ublk node, and frees
+// it.
 func (e *entry) close() error {
 	if e.policy != nil {
 		e.policy.Stop()
 	}
-	return e.dev.Close()
+	var err error
+	if e.ublk != nil {
+		err = e.ublk.Stop()
+		e.ublk = nil
+	}
+	return errors.Join(err, e.dev.Close())
 }
 
 // Run serves until ctx is done or SIGINT/SIGTERM arrives: it makes the
@@ -198,6 +216,7 @@ func newDaemon(cfg Config) *Daemon {
 	return &Daemon{
 		cfg: cfg, log: log, srv: nbd.NewServer(cfg.Server), metrics: metrics, heap: heap,
 		devs: map[string]*entry{}, fatal: make(chan error, 1), handoverReq: make(chan *net.UnixConn, 1),
+		stopReq: make(chan stopRequest),
 	}
 }
 
@@ -304,7 +323,7 @@ func (d *Daemon) startDevices() (tcpL net.Listener, err error) {
 			return nil, err
 		}
 	} else if !cfg.NoDevice {
-		if first, err = d.add(cfg.Device, cfg.Socket, nil, nil); err != nil {
+		if first, err = d.add(addSpec{cfg: cfg.Device, ublk: cfg.Ublk, recoverID: -1, socket: cfg.Socket}); err != nil {
 			return nil, err
 		}
 	}
@@ -314,7 +333,7 @@ func (d *Daemon) startDevices() (tcpL net.Listener, err error) {
 				return tcpL, fmt.Errorf("daemon: %s: %w", first.dev.Name(), err)
 			}
 		}
-	} else if cfg.Socket != "" && !cfg.NoDevice {
+	} else if (cfg.Socket != "" || cfg.Ublk != nil) && !cfg.NoDevice {
 		return tcpL, fmt.Errorf("daemon: takeover: the running daemon had no device %s", cfg.Device.Name)
 	} else if cfg.Socket != "" {
 		return tcpL, errors.New("daemon: a socket was given but no device to serve on it")
@@ -355,7 +374,14 @@ func (d *Daemon) serveUntilStop(ctx context.Context, sigs <-chan os.Signal, exe 
 				d.log.Info("SIGUSR2: re-executing in place", "binary", exe)
 				return stop{upgrade: true, exe: exe}
 			}
+			if why := d.refuseSignalStop(); why != "" {
+				d.log.Error("not stopping: swapoff or umount it first, or `uzram stop --force`", "signal", s.String(), "busy", why)
+				continue
+			}
 			d.log.Info("shutting down", "signal", s.String())
+			return stop{}
+		case r := <-d.stopReq:
+			d.log.Info("shutting down: uzram stop", "force", r.force)
 			return stop{}
 		case <-ctx.Done():
 			return stop{}
@@ -444,10 +470,13 @@ func (d *Daemon) closeAll() {
 			}
 		}
 		e.ops.Lock() // a knob call that outlived the control server's shutdown
-		e.close()
+		if err := e.close(); err != nil {
+			d.log.Warn("closing a device", "device", name, "err", err)
+		}
 		e.ops.Unlock()
 	}
 	d.devs, d.order = map[string]*entry{}, nil
+	d.closeUblkLocked()
 }
 
 func (d *Daemon) printStats() {
@@ -463,19 +492,35 @@ func (d *Daemon) printStats() {
 // namePattern keeps names usable as socket file names and NBD export names.
 var namePattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
 
-// add creates a device, exports it and listens on its socket ("" for
-// none). The caller has validated cfg for the admin's benefit; blockdev
-// validates it again.
-func (d *Daemon) add(cfg blockdev.Config, socket string, inherited net.Listener, from io.Reader) (*entry, error) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.addLocked(cfg, socket, inherited, from)
+// addSpec is a device to make and how to serve it.
+type addSpec struct {
+	cfg blockdev.Config
+	// ublk, if set, serves it as /dev/ublkbN; recoverID >= 0 takes over
+	// that existing ublk device (handed over by a predecessor) instead of
+	// adding one. Without ublk it is exported over NBD, on socket ("" for
+	// none of its own).
+	ublk      *ublk.Options
+	recoverID int
+	socket    string
+	// inherited, if not nil, is socket's listener, handed over by a
+	// predecessor (access already set), and from, if not nil, holds the
+	// device's contents in package state's format (instead of the state
+	// file).
+	inherited net.Listener
+	from      io.Reader
 }
 
-// addLocked: inherited, if not nil, is socket's listener, handed over by a
-// predecessor (access already set), and from, if not nil, holds the
-// device's contents in package state's format (instead of the state file).
-func (d *Daemon) addLocked(cfg blockdev.Config, socket string, inherited net.Listener, from io.Reader) (*entry, error) {
+// add creates a device and serves it: exported over NBD and listening on
+// its socket, or as a ublk node. The caller has validated the configuration
+// for the admin's benefit; blockdev validates it again.
+func (d *Daemon) add(sp addSpec) (*entry, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.addLocked(sp)
+}
+
+func (d *Daemon) addLocked(sp addSpec) (*entry, error) {
+	cfg, socket := sp.cfg, sp.socket
 	if d.closing {
 		return nil, errors.New("daemon: shutting down")
 	}
@@ -490,20 +535,25 @@ func (d *Daemon) addLocked(cfg blockdev.Config, socket string, inherited net.Lis
 		return nil, fmt.Errorf("daemon: create %s: %w", cfg.Name, err)
 	}
 	restore := func() error { return d.restore(dev) }
-	if from != nil {
-		restore = func() error { return d.load(dev, from) }
+	if sp.from != nil {
+		restore = func() error { return d.load(dev, sp.from) }
 	}
 	if err := restore(); err != nil { // before any client can see it
 		dev.Close()
 		return nil, err
 	}
-	if err := d.srv.AddExport(dev); err != nil {
+	e := &entry{dev: dev, cfg: cfg, socket: socket, ublkOpts: sp.ublk}
+	if sp.ublk != nil {
+		if err := d.startUblkLocked(e, sp.recoverID); err != nil {
+			dev.Close()
+			return nil, err
+		}
+	} else if err := d.srv.AddExport(dev); err != nil {
 		dev.Close()
 		return nil, fmt.Errorf("daemon: %w", err)
 	}
-	e := &entry{dev: dev, cfg: cfg, socket: socket}
 	if socket != "" {
-		l, err := inherited, error(nil)
+		l, err := sp.inherited, error(nil)
 		if l == nil {
 			if l, err = ListenUnix(socket); err == nil {
 				if err = d.socketAccess(socket); err != nil {
@@ -529,7 +579,11 @@ func (d *Daemon) addLocked(cfg blockdev.Config, socket string, inherited net.Lis
 	}
 	d.devs[cfg.Name] = e
 	d.order = append(d.order, cfg.Name)
-	d.log.Info("serving", "device", dev.Name(), "size", dev.Size(), "algorithm", dev.Algorithm(), "socket", socket)
+	if e.ublk != nil {
+		d.log.Info("serving", "device", dev.Name(), "size", dev.Size(), "algorithm", dev.Algorithm(), "node", e.ublk.Path())
+	} else {
+		d.log.Info("serving", "device", dev.Name(), "size", dev.Size(), "algorithm", dev.Algorithm(), "socket", socket)
+	}
 	return e, nil
 }
 
@@ -588,7 +642,7 @@ func (d *Daemon) infoLocked(e *entry, sockets []string) control.Device {
 	}
 	info := control.Device{
 		Name: e.dev.Name(), DiskSize: int64(e.dev.Size()), Streams: streams, Socket: e.socket,
-		Connections: d.srv.Attached(e.dev),
+		Connections: d.srv.Attached(e.dev), Transport: control.TransportNBD,
 		MM: control.MMStat{
 			OrigDataSize: s.OrigDataSize, ComprDataSize: s.ComprDataSize, MemUsedTotal: s.MemUsedTotal,
 			MemLimit: s.MemLimit, MemUsedMax: s.MemUsedMax, SamePages: s.SamePages,
@@ -607,12 +661,16 @@ func (d *Daemon) infoLocked(e *entry, sockets []string) control.Device {
 			info.Algorithm, info.AlgorithmParams = c.Algorithm, c.Params
 		}
 	}
-	// Only a device with a connection can be behind a /dev/nbdN.
-	if info.Connections > 0 {
+	switch {
+	case e.ublk != nil:
+		info.Transport, info.Node = control.TransportUblk, e.ublk.Path()
+	case info.Connections > 0:
+		// Only a device with a connection can be behind a /dev/nbdN.
 		info.NBD = findNBD(e.nbd, e.dev.Name(), sockets)
-		if info.NBD != "" {
-			info.MountPoint = mountPoint(info.NBD)
-		}
+		info.Node = info.NBD
+	}
+	if info.Node != "" {
+		info.MountPoint = mountPoint(info.Node)
 	}
 	return info
 }
@@ -624,6 +682,10 @@ func (d *Daemon) Create(req control.CreateRequest) (control.Device, error) {
 	if err != nil {
 		return control.Device{}, err
 	}
+	uo, err := UblkOptions(req)
+	if err != nil {
+		return control.Device{}, err
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if cfg.Name == "" {
@@ -632,7 +694,11 @@ func (d *Daemon) Create(req control.CreateRequest) (control.Device, error) {
 	if cfg.Name == "control" {
 		return control.Device{}, control.Errorf(control.ErrInvalid, "the name %q is taken by the control socket; choose another", cfg.Name)
 	}
-	e, err := d.addLocked(cfg, filepath.Join(d.cfg.SocketDir, cfg.Name+".sock"), nil, nil)
+	sp := addSpec{cfg: cfg, ublk: uo, recoverID: -1}
+	if uo == nil {
+		sp.socket = filepath.Join(d.cfg.SocketDir, cfg.Name+".sock")
+	}
+	e, err := d.addLocked(sp)
 	if err != nil {
 		return control.Device{}, err
 	}
@@ -726,7 +792,11 @@ func (d *Daemon) unlink(name string) (*entry, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := d.srv.RemoveExport(name); err != nil {
+	if e.ublk != nil {
+		if why := nodeBusy(e.ublk.Path()); why != "" {
+			return nil, control.Errorf(control.ErrBusy, "%s is in use: %s is %s: swapoff or umount it first (uzram swapoff %s)", name, e.ublk.Path(), why, name)
+		}
+	} else if err := d.srv.RemoveExport(name); err != nil {
 		n := d.srv.Attached(e.dev)
 		where := fmt.Sprintf("%d NBD connection(s)", n)
 		if nbd := findNBD(e.nbd, name, d.socketsLocked()); nbd != "" {

@@ -221,14 +221,15 @@ func TestMetricsExposition(t *testing.T) {
 	m := NewMetrics()
 	var b bytes.Buffer
 	devs := []control.Device{{Name: "uzram0", DiskSize: 4096, MM: control.MMStat{OrigDataSize: 8192, SamePages: 1}, IO: control.IOStat{NotifyFree: 3}}}
-	writeMetrics(&b, devs, map[string][2]int64{"write": {5, 1}}, m)
+	writeMetrics(&b, devs, map[string]map[string][2]int64{"nbd": {"write": {5, 1}}, "ublk": {"discard": {2, 0}}}, m)
 	out := b.String()
 	for _, want := range []string{
 		"# TYPE uzram_orig_data_size_bytes gauge\nuzram_orig_data_size_bytes{device=\"uzram0\"} 8192\n",
 		"uzram_same_pages{device=\"uzram0\"} 1\n",
 		"# TYPE uzram_notify_free_total counter\nuzram_notify_free_total{device=\"uzram0\"} 3\n",
-		"uzram_requests_total{command=\"write\",result=\"ok\"} 5\n",
-		"uzram_requests_total{command=\"write\",result=\"error\"} 1\n",
+		"uzram_requests_total{transport=\"nbd\",command=\"write\",result=\"ok\"} 5\n",
+		"uzram_requests_total{transport=\"nbd\",command=\"write\",result=\"error\"} 1\n",
+		"uzram_requests_total{transport=\"ublk\",command=\"discard\",result=\"ok\"} 2\n",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("metrics lack %q:\n%s", want, out)

@@ -42,6 +42,7 @@ import (
 
 	"github.com/uzram/uzram/blockdev"
 	"github.com/uzram/uzram/blockdev/nbd"
+	"github.com/uzram/uzram/blockdev/ublk"
 	"github.com/uzram/uzram/hostmem"
 	"github.com/uzram/uzram/state"
 	"github.com/uzram/uzram/zcomp"
@@ -73,6 +74,15 @@ type handedDevice struct {
 	Config blockdev.Config `json:"config"`
 	Socket string          `json:"socket,omitempty"`
 	NBD    string          `json:"nbd,omitempty"`
+	// Ublk is set for a device served as /dev/ublkbN: the old daemon has
+	// let its queues go (ublk.Device.Handoff) and the kernel holds its
+	// requests until the successor recovers the node.
+	Ublk *handedUblk `json:"ublk,omitempty"`
+}
+
+type handedUblk struct {
+	ID      int           `json:"id"`
+	Options *ublk.Options `json:"options"`
 }
 
 type handedConn struct {
@@ -212,6 +222,15 @@ func (d *Daemon) handOver(ctx context.Context, tcp net.Listener, send func(m han
 	}()
 	for _, e := range entries {
 		hd := handedDevice{Config: e.cfg, NBD: e.nbd}
+		if e.ublk != nil {
+			// Before the store is copied: from here the kernel holds the
+			// node's requests for the successor, nothing changes the store.
+			id := e.ublk.ID()
+			if err := e.ublk.Handoff(); err != nil {
+				return fmt.Errorf("daemon: handover: %s: %w", e.ublk.Path(), err)
+			}
+			e.ublk, hd.Ublk = nil, &handedUblk{ID: id, Options: e.ublkOpts}
+		}
 		// Knobs set at runtime: the limit and the primary algorithm.
 		hd.Config.MemLimit = e.dev.Stats().MemLimit
 		if a := e.dev.Algorithm(); a != hd.Config.Algorithm {
@@ -511,7 +530,11 @@ func (d *Daemon) restoreHandover(t *takeover) (first *entry, tcp net.Listener, e
 	}
 	start := time.Now()
 	for _, td := range devs {
-		e, err := d.add(td.Config, td.Socket, td.l, td.state)
+		sp := addSpec{cfg: td.Config, recoverID: -1, socket: td.Socket, inherited: td.l, from: td.state}
+		if td.Ublk != nil {
+			sp.ublk, sp.recoverID = td.Ublk.Options, td.Ublk.ID
+		}
+		e, err := d.add(sp)
 		if err != nil {
 			return nil, nil, fmt.Errorf("daemon: takeover: %w", err)
 		}

@@ -4,8 +4,10 @@ import (
 	"bufio"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -162,32 +164,52 @@ var deviceMetrics = []struct {
 	{"uzram_connections", "gauge", "NBD connections in transmission.", func(d *control.Device) int64 { return int64(d.Connections) }},
 }
 
-// writeMetrics writes the whole exposition.
-func writeMetrics(w io.Writer, devs []control.Device, counts map[string][2]int64, m *Metrics) {
+// writeMetrics writes the whole exposition; counts holds the requests
+// served by transport ("nbd", "ublk"), then by command.
+func writeMetrics(w io.Writer, devs []control.Device, counts map[string]map[string][2]int64, m *Metrics) {
 	for _, dm := range deviceMetrics {
 		fmt.Fprintf(w, "# HELP %s %s\n# TYPE %s %s\n", dm.name, dm.help, dm.name, dm.typ)
 		for i := range devs {
 			fmt.Fprintf(w, "%s{%s} %d\n", dm.name, labels("device", devs[i].Name), dm.get(&devs[i]))
 		}
 	}
-	cmds := make([]string, 0, len(counts))
-	for c := range counts {
-		cmds = append(cmds, c)
-	}
-	sort.Strings(cmds)
-	fmt.Fprintf(w, "# HELP uzram_requests_total NBD requests served, by command and outcome.\n# TYPE uzram_requests_total counter\n")
-	for _, c := range cmds {
-		fmt.Fprintf(w, "uzram_requests_total{%s} %d\n", labels("command", c, "result", "ok"), counts[c][0])
-		fmt.Fprintf(w, "uzram_requests_total{%s} %d\n", labels("command", c, "result", "error"), counts[c][1])
+	fmt.Fprintf(w, "# HELP uzram_requests_total Requests served, by transport, command and outcome.\n# TYPE uzram_requests_total counter\n")
+	for _, tr := range slices.Sorted(maps.Keys(counts)) {
+		for _, c := range slices.Sorted(maps.Keys(counts[tr])) {
+			fmt.Fprintf(w, "uzram_requests_total{%s} %d\n", labels("transport", tr, "command", c, "result", "ok"), counts[tr][c][0])
+			fmt.Fprintf(w, "uzram_requests_total{%s} %d\n", labels("transport", tr, "command", c, "result", "error"), counts[tr][c][1])
+		}
 	}
 	m.writeHistograms(w)
+}
+
+// requestCounts gathers what writeMetrics reports of requests: the NBD
+// server's, and every ublk node's summed.
+func (d *Daemon) requestCounts() map[string]map[string][2]int64 {
+	out := map[string]map[string][2]int64{control.TransportNBD: d.srv.CommandCounts()}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, name := range d.order {
+		e := d.devs[name]
+		if e.ublk == nil {
+			continue
+		}
+		if out[control.TransportUblk] == nil {
+			out[control.TransportUblk] = map[string][2]int64{}
+		}
+		for c, n := range e.ublk.CommandCounts() {
+			sum := out[control.TransportUblk][c]
+			out[control.TransportUblk][c] = [2]int64{sum[0] + n[0], sum[1] + n[1]}
+		}
+	}
+	return out
 }
 
 func (d *Daemon) metricsHandler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
 		bw := bufio.NewWriter(w)
-		writeMetrics(bw, d.List(), d.srv.CommandCounts(), d.metrics)
+		writeMetrics(bw, d.List(), d.requestCounts(), d.metrics)
 		bw.Flush()
 	})
 }

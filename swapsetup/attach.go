@@ -141,18 +141,22 @@ func Attach(c *control.Client, name, nbd string, swap bool) (string, error) {
 		return "", err
 	}
 	if swap {
-		// Writeback throttling (wbt) holds swap writes back to meet a
-		// latency target meant for disks: under memory pressure reclaim
-		// then waits in wbt_wait while memory runs out (seen in the guest,
-		// docs/guest.md). zram has no such queue; switch it off.
-		// Best effort: a kernel without wbt has no file.
-		_ = os.WriteFile(filepath.Join(SysBlock, filepath.Base(nbd), "queue", "wbt_lat_usec"), []byte("0\n"), 0)
+		noWBT(nbd)
 	}
 	if err := c.SetAttachment(name, nbd); err != nil {
 		runTool("nbd-client", "-d", nbd)
 		return "", err
 	}
 	return nbd, nil
+}
+
+// noWBT turns writeback throttling off on a swap device's queue: wbt holds
+// swap writes back to meet a latency target meant for disks, so under
+// memory pressure reclaim waits in wbt_wait while memory runs out (seen in
+// the guest, docs/guest.md). zram has no such queue. Best effort: a kernel
+// without wbt has no file.
+func noWBT(node string) {
+	_ = os.WriteFile(filepath.Join(SysBlock, filepath.Base(node), "queue", "wbt_lat_usec"), []byte("0\n"), 0)
 }
 
 // Detach disconnects a device, named or by its /dev/nbdN, and returns the
@@ -202,10 +206,12 @@ type SwapOptions struct {
 	Recomp   []string // recompression algorithms, priority 1, 2, ... ("zstd" or "zstd level=3")
 }
 
-// SwapOn creates a device, sets its recompression algorithms, attaches it,
-// makes it swap and turns it on with discard, so swap's frees reach the
-// device. If a step fails, the steps before it are undone: nothing changed.
-func SwapOn(c *control.Client, o SwapOptions) (name, nbd string, err error) {
+// SwapOn creates a device, sets its recompression algorithms, attaches it
+// (a ublk device is its own /dev/ublkbN), makes it swap and turns it on
+// with discard, so swap's frees reach the device. It returns the device's
+// name and node. If a step fails, the steps before it are undone: nothing
+// changed.
+func SwapOn(c *control.Client, o SwapOptions) (name, node string, err error) {
 	d, err := c.Create(o.Create)
 	if err != nil {
 		return "", "", err
@@ -231,41 +237,50 @@ func SwapOn(c *control.Client, o SwapOptions) (name, nbd string, err error) {
 			}
 		}
 	}
-	if nbd, err = Attach(c, name, "", true); err != nil {
-		return "", "", err
+	if d.Transport == control.TransportUblk {
+		node = d.Node
+		noWBT(node)
+	} else {
+		if node, err = Attach(c, name, "", true); err != nil {
+			return "", "", err
+		}
+		undo = append(undo, func() { Detach(c, node) })
 	}
-	undo = append(undo, func() { Detach(c, nbd) })
-	if err = runTool("mkswap", nbd); err != nil {
+	if err = runTool("mkswap", node); err != nil {
 		return "", "", err
 	}
 	args := []string{"--discard=pages"}
 	if o.Priority >= 0 {
 		args = append(args, "-p", strconv.Itoa(o.Priority))
 	}
-	if err = runTool("swapon", append(args, nbd)...); err != nil {
+	if err = runTool("swapon", append(args, node)...); err != nil {
 		return "", "", err
 	}
-	return name, nbd, nil
+	return name, node, nil
 }
 
-// SwapOff undoes SwapOn: swapoff, detach, reset.
+// SwapOff undoes SwapOn: swapoff, detach (NBD), reset. It returns the
+// node the device was on.
 func SwapOff(c *control.Client, name string) (string, error) {
 	d, err := c.Get(name)
 	if err != nil {
 		return "", err
 	}
-	if d.NBD == "" {
+	if d.Node == "" {
 		return "", fmt.Errorf("%s is not attached to an NBD device, so it is not swap", name)
 	}
 	if d.MountPoint == "[SWAP]" {
-		if err := runTool("swapoff", d.NBD); err != nil {
+		if err := runTool("swapoff", d.Node); err != nil {
 			return "", err
 		}
+	}
+	if d.Transport == control.TransportUblk {
+		return d.Node, c.Remove(name)
 	}
 	if _, _, err := Detach(c, name); err != nil {
 		return "", err
 	}
-	return d.NBD, RemoveWhenFree(c, name)
+	return d.Node, RemoveWhenFree(c, name)
 }
 
 // RemoveWhenFree resets a device that was just detached: the kernel closes

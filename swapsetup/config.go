@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/uzram/uzram/control"
 	"github.com/uzram/uzram/sizes"
 	"github.com/uzram/uzram/streams"
 )
@@ -25,7 +26,8 @@ import (
 // parameters ("zstd(level=3)"), then recompression algorithms for priority
 // 1, 2, 3, each in parentheses as zram-generator writes them ("(zstd)",
 // "(zstd(level=9))") or bare. Other keys: mem-limit (a size such as 1G),
-// streams (a count).
+// streams (a count), transport (nbd, the default, or ublk: served as
+// /dev/ublkbN, Linux 6.0+).
 
 // SwapConfig is one [section]: one swap device.
 type SwapConfig struct {
@@ -37,6 +39,7 @@ type SwapConfig struct {
 	Priority        int
 	MemLimit        string
 	Streams         int
+	Transport       string // "" (nbd) or "ublk"
 }
 
 // Defaults are zram-generator's.
@@ -133,8 +136,13 @@ func (c *SwapConfig) set(key, val string) error {
 			return fmt.Errorf("bad stream count %q: want 0 (one per CPU) or more", val)
 		}
 		c.Streams = n
+	case "transport":
+		if val != control.TransportNBD && val != control.TransportUblk {
+			return fmt.Errorf("bad transport %q: want nbd or ublk", val)
+		}
+		c.Transport = val
 	default:
-		return fmt.Errorf("unknown key (known: zram-size, compression-algorithm, swap-priority, mem-limit, streams)")
+		return fmt.Errorf("unknown key (known: zram-size, compression-algorithm, swap-priority, mem-limit, streams, transport)")
 	}
 	return nil
 }

@@ -65,6 +65,7 @@ func TestParseConfigErrors(t *testing.T) {
 		{"[a]\ncompression-algorithm = zstd(level)", "is not key=value"},
 		{"[a]\ncompression-algorithm = a b c d e", "at most 3 recompression"},
 		{"[a]\ncompression-algorithm = ", "empty"},
+		{"[a]\ntransport = iscsi", "bad transport \"iscsi\": want nbd or ublk"},
 	} {
 		_, err := ParseConfig(strings.NewReader(tc.in))
 		if err == nil || !strings.Contains(err.Error(), tc.want) {

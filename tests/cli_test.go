@@ -229,7 +229,7 @@ func TestCLICreateStatsReset(t *testing.T) {
 func TestCLIBadInput(t *testing.T) {
 	s := startServer(t, "--size", "16M", "--streams", "2")
 	before := cliOK(t, s, "--output-all", "--bytes")
-	for _, tc := range []struct {
+	cases := []struct {
 		args []string
 		want string
 	}{
@@ -261,7 +261,22 @@ func TestCLIBadInput(t *testing.T) {
 		{[]string{"detach", "/dev/nbd9"}, "/dev/nbd9 is not attached to a device of this uzram daemon"},
 		{[]string{"swapoff", "uzram0"}, "uzram0 is not attached"},
 		{[]string{"swapon"}, "swapon needs --size, like uzram swapon --size 4G"},
-	} {
+		{[]string{"--find", "--size", "4M", "--ublk-id", "2"}, "a ublk id or queue count was given for an NBD device: add --ublk"},
+		{[]string{"--find", "--size", "4M", "--ublk", "--ublk-id", "-5"}, "bad ublk id -5"},
+		{[]string{"--find", "--size", "4M", "--ublk", "--ublk-queues", "100"}, "bad ublk queue count 100"},
+	}
+	if _, err := os.Stat("/dev/ublk-control"); err != nil {
+		// Without ublk in the kernel: one line, and nothing made.
+		noUblk := "no /dev/ublk-control: this kernel has no ublk (modprobe ublk_drv; Linux 6.0+)"
+		cases = append(cases, []struct {
+			args []string
+			want string
+		}{
+			{[]string{"--find", "--size", "4M", "--ublk"}, noUblk},
+			{[]string{"swapon", "--size", "4M", "--ublk"}, noUblk},
+		}...)
+	}
+	for _, tc := range cases {
 		out, errOut, code := cli(t, s, tc.args...)
 		if code != 1 || out != "" || !strings.HasPrefix(errOut, "uzram: ") || strings.Count(errOut, "\n") != 1 || !strings.Contains(errOut, tc.want) {
 			t.Errorf("uzram %s: exit %d, stdout %q, stderr %q; want exit 1 and one line containing %q",
@@ -270,6 +285,18 @@ func TestCLIBadInput(t *testing.T) {
 	}
 	if after := cliOK(t, s, "--output-all", "--bytes"); after != before {
 		t.Errorf("bad input changed the devices:\n%s\nwas:\n%s", after, before)
+	}
+}
+
+// TestCLIServeUblkNoKernel: serve --ublk on a kernel without ublk says so
+// in one line and exits 1, before anything starts.
+func TestCLIServeUblkNoKernel(t *testing.T) {
+	if _, err := os.Stat("/dev/ublk-control"); err == nil {
+		t.Skip("this kernel has ublk")
+	}
+	out, errOut, code := cli(t, nil, "serve", "--ublk", "--no-mlock", "--control", filepath.Join(t.TempDir(), "c.sock"))
+	if want := "uzram: no /dev/ublk-control: this kernel has no ublk (modprobe ublk_drv; Linux 6.0+)\n"; code != 1 || out != "" || errOut != want {
+		t.Fatalf("serve --ublk: exit %d, stdout %q, stderr %q; want exit 1 and %q", code, out, errOut, want)
 	}
 }
 
@@ -317,7 +344,7 @@ func TestCLIServeNoDevice(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	if out := cliOK(t, s); out != "NAME ALGORITHM DISKSIZE DATA COMPR TOTAL STREAMS MOUNTPOINT\n" {
+	if out := cliOK(t, s); out != "NAME ALGORITHM DISKSIZE DATA COMPR TOTAL STREAMS DEVICE MOUNTPOINT\n" {
 		t.Fatalf("empty daemon lists %q", out)
 	}
 	if out := cliOK(t, s, "--find", "--size", "4M"); out != "uzram0\n" {
@@ -350,7 +377,7 @@ func TestCLIMetrics(t *testing.T) {
 		`uzram_same_pages{device="uzram0"} 2`,
 		`uzram_disksize_bytes{device="uzram0"} 16777216`,
 		`uzram_failed_writes_total{device="uzram0"} 0`,
-		`uzram_requests_total{command="write",result="ok"} 5`,
+		`uzram_requests_total{transport="nbd",command="write",result="ok"} 5`,
 		`uzram_request_duration_seconds_count{command="write"} 5`,
 	} {
 		if !strings.Contains(string(body), want+"\n") {
@@ -370,10 +397,11 @@ compression-algorithm = lz4 (zstd)
 zram-size = 100 + 28
 compression-algorithm = zstd(level=3) (zstd(level=9)) (deflate)
 swap-priority = 5
+transport = ublk
 `), 0o644)
 	out, errOut, code := cli(t, nil, "setup", "--config", conf, "--dry-run")
-	want := `uzram0 size=256M algorithm=lz4 params="" recomp="zstd" swap-priority=100
-uzram1 size=128M algorithm=zstd params="level=3" recomp="zstd level=9,deflate" swap-priority=5
+	want := `uzram0 size=256M algorithm=lz4 params="" recomp="zstd" swap-priority=100 transport=nbd
+uzram1 size=128M algorithm=zstd params="level=3" recomp="zstd level=9,deflate" swap-priority=5 transport=ublk
 `
 	if code != 0 || out != want {
 		t.Fatalf("setup --dry-run: exit %d %s\n%s\nwant\n%s", code, errOut, out, want)

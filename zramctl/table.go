@@ -67,7 +67,14 @@ var Columns = []Column{
 	{Name: "MIGRATED", Help: "number of pages freed by compaction", right: true,
 		value: countCol(func(d *control.Device) int64 { return d.MM.PagesCompacted })},
 	{Name: "COMP-RATIO", Help: "compression ratio: DATA/TOTAL", right: true, value: compRatio},
-	{Name: "MOUNTPOINT", Help: "where the attached /dev/nbdN is mounted, or [SWAP]",
+	{Name: "DEVICE", Help: "the kernel's block device for it: /dev/ublkbN, or the /dev/nbdN it is attached to",
+		value: func(d *control.Device, _ bool) (string, any) {
+			if d.Node == "" {
+				return "", nil
+			}
+			return d.Node, d.Node
+		}},
+	{Name: "MOUNTPOINT", Help: "where its block device is mounted, or [SWAP]",
 		value: func(d *control.Device, _ bool) (string, any) {
 			if d.MountPoint == "" {
 				return "", nil
@@ -87,8 +94,10 @@ func compRatio(d *control.Device, _ bool) (string, any) {
 	return s, json.Number(s)
 }
 
-// DefaultColumns are zramctl's default columns.
-var DefaultColumns = []string{"NAME", "ALGORITHM", "DISKSIZE", "DATA", "COMPR", "TOTAL", "STREAMS", "MOUNTPOINT"}
+// DefaultColumns are zramctl's default columns, and
+// uzram's DEVICE (zramctl's NAME is the node itself) comes before
+// MOUNTPOINT.
+var DefaultColumns = []string{"NAME", "ALGORITHM", "DISKSIZE", "DATA", "COMPR", "TOTAL", "STREAMS", "DEVICE", "MOUNTPOINT"}
 
 // AllColumns lists every column in order (--output-all).
 func AllColumns() []string {

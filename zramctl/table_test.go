@@ -15,7 +15,7 @@ func TestParseColumns(t *testing.T) {
 	}{
 		{"NAME", "NAME"},
 		{"name,disksize,Comp-Ratio", "NAME,DISKSIZE,COMP-RATIO"},
-		{"+ZERO-PAGES,migrated", "NAME,ALGORITHM,DISKSIZE,DATA,COMPR,TOTAL,STREAMS,MOUNTPOINT,ZERO-PAGES,MIGRATED"},
+		{"+ZERO-PAGES,migrated", "NAME,ALGORITHM,DISKSIZE,DATA,COMPR,TOTAL,STREAMS,DEVICE,MOUNTPOINT,ZERO-PAGES,MIGRATED"},
 	} {
 		got, err := ParseColumns(tc.spec)
 		if err != nil || strings.Join(got, ",") != tc.want {
@@ -32,7 +32,7 @@ func TestParseColumns(t *testing.T) {
 // Widths, alignment, raw escaping and COMP-RATIO, on fixed figures.
 func TestWriteList(t *testing.T) {
 	devs := []control.Device{
-		{Name: "uzram0", Algorithm: "lz4", DiskSize: 1 << 30, Streams: 2, MountPoint: "[SWAP]",
+		{Name: "uzram0", Algorithm: "lz4", DiskSize: 1 << 30, Streams: 2, Node: "/dev/ublkb0", MountPoint: "[SWAP]",
 			MM: control.MMStat{OrigDataSize: 3 << 20, ComprDataSize: 1 << 20, MemUsedTotal: 1536 << 10}},
 		{Name: "uzram10", Algorithm: "zstd", DiskSize: 4 << 30, Streams: 16, MountPoint: "/mnt/a b"},
 	}
@@ -41,9 +41,9 @@ func TestWriteList(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := "" +
-		"NAME    ALGORITHM DISKSIZE DATA COMPR TOTAL STREAMS MOUNTPOINT\n" +
-		"uzram0  lz4             1G   3M    1M  1.5M       2 [SWAP]\n" +
-		"uzram10 zstd            4G   0B    0B    0B      16 /mnt/a b\n"
+		"NAME    ALGORITHM DISKSIZE DATA COMPR TOTAL STREAMS DEVICE      MOUNTPOINT\n" +
+		"uzram0  lz4             1G   3M    1M  1.5M       2 /dev/ublkb0 [SWAP]\n" +
+		"uzram10 zstd            4G   0B    0B    0B      16             /mnt/a b\n"
 	if b.String() != want {
 		t.Errorf("table:\n%s\nwant:\n%s", b.String(), want)
 	}

@@ -239,21 +239,6 @@ func (d *Device) CommandCounts() map[string][2]int64 {
 	return out
 }
 
-// waitState polls the device's state until it is want or timeout passes.
-func (c *Control) waitState(id uint32, want uint16, timeout time.Duration) (DevInfo, error) {
-	deadline := time.Now().Add(timeout)
-	for {
-		info, err := c.DevInfo(id)
-		if err != nil || info.State == want {
-			return info, err
-		}
-		if time.Now().After(deadline) {
-			return info, fmt.Errorf("ublk: device %d is in state %d after %v, want %d", id, info.State, timeout, want)
-		}
-		sleepBriefly()
-	}
-}
-
 // Handoff stops serving for a successor that will Recover the device: each
 // queue stops between two requests (what it has not answered stays with the
 // kernel, which gives it to the successor: USER_RECOVERY_REISSUE) and its
