@@ -84,6 +84,7 @@ type counters struct {
 	notifyFree     atomic.Int64
 	reads          atomic.Int64
 	writes         atomic.Int64
+	partialWrites  atomic.Int64 // WritePartial stopped short of store memory
 
 	// Recompression (recompress.go): pages flagged incompressible now, and
 	// pages and bytes held by each secondary priority (priority 0 is what
@@ -229,6 +230,56 @@ func (d *Device) WriteAt(p []byte, off uint64, scratch []byte) error {
 	}
 	return nil
 }
+
+// WritePartial is WriteAt for a transport that can complete part of a
+// request and keep the rest waiting without holding a thread (ublk). While
+// the system is short of memory (pagestore.Store.MemoryShort) it never waits
+// for store memory: it stores the leading whole pages it can and returns
+// their length, with no error, or, if not even the first page fits,
+// ErrWouldWait and changes nothing. The kernel completes what was stored,
+// and those pages' memory is what the store's refiller waits for in
+// reclaim; the rest comes back later. With memory to spare it waits as
+// WriteAt does (the refiller is only behind a burst).
+func (d *Device) WritePartial(p []byte, off uint64, scratch []byte) (int, error) {
+	if err := d.checkRange(off, len(p)); err != nil {
+		return 0, err
+	}
+	done := 0
+	for done < len(p) {
+		page, in := off/PageSize, int(off%PageSize)
+		n := min(PageSize-in, len(p)-done)
+		var err error
+		if n < PageSize {
+			err = d.modifyPage(page, in, p[done:done+n], scratch)
+		} else {
+			d.locks.lock(page)
+			err = d.writePage(page, p[done:done+PageSize], scratch, false)
+			if err == errWouldWait && !storeShort(d.store) {
+				err = d.writePage(page, p[done:done+PageSize], scratch, true)
+			}
+			d.locks.unlock(page)
+		}
+		if err == errWouldWait {
+			if done == 0 {
+				return 0, ErrWouldWait
+			}
+			d.stats.writes.Add(1)
+			d.stats.partialWrites.Add(1)
+			return done, nil
+		}
+		if err != nil {
+			d.stats.writes.Add(1)
+			d.stats.failedWrites.Add(1)
+			return done, err
+		}
+		done, off = done+n, off+uint64(n)
+	}
+	d.stats.writes.Add(1)
+	return done, nil
+}
+
+// storeShort is pagestore.Store.MemoryShort; tests make memory short.
+var storeShort = (*pagestore.Store).MemoryShort
 
 // Discard frees the whole pages in [off, off+n) and zeroes the partial ones
 // at either end (NBD TRIM, a block layer discard).
@@ -380,6 +431,11 @@ func (d *Device) writePageLocked(page uint64, src []byte) error {
 // errWouldWait: a write that must not wait (TryWritePage) needs store memory
 // the refiller has not prepared; nothing changed.
 var errWouldWait = errors.New("blockdev: write would wait for store memory")
+
+// ErrWouldWait is WritePartial's answer when not even the first page could
+// be stored without waiting for store memory while memory is short: nothing
+// changed, and the caller tries again later.
+var ErrWouldWait = errWouldWait
 
 // writePage is writePageLocked. With scratch (at least HugeThreshold bytes)
 // the page is compressed into it and the stream is given back before the

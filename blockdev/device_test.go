@@ -6,8 +6,10 @@ import (
 	"math/rand/v2"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/uzram/uzram/blockdev/blocktest"
+	"github.com/uzram/uzram/pagestore"
 	"github.com/uzram/uzram/streams"
 	"github.com/uzram/uzram/zcomp"
 )
@@ -392,4 +394,66 @@ func TestHugeBoundary(t *testing.T) {
 		}
 	}
 	checkStatsConsistent(t, d)
+}
+
+// TestWritePartial: writes that stop short of store memory (the kernel then
+// sends the rest again, as ublk does) store exactly the leading bytes they
+// report, whole pages, and leave the rest of the range as it was; one that
+// would wait for its first page changes nothing.
+func TestWritePartial(t *testing.T) {
+	const size, chunk = 48 << 20, 512 << 10
+	// As under swap: every time the reserve runs dry, memory is short.
+	storeShort = func(*pagestore.Store) bool { return true }
+	t.Cleanup(func() { storeShort = (*pagestore.Store).MemoryShort })
+	d := newTestDevice(t, size, "lz4")
+	model := make([]byte, size)
+	r := rand.New(rand.NewPCG(5, 5))
+	var partial, waits int
+	buf := make([]byte, chunk)
+	for round := 0; round < 2; round++ {
+		for off := 0; off < size; off += chunk {
+			blocktest.Fill(r, buf, blocktest.Random) // huge pages: the most store memory per page
+			for done := 0; done < chunk; {
+				n, err := d.WritePartial(buf[done:], uint64(off+done), nil)
+				if errors.Is(err, ErrWouldWait) {
+					// Nothing stored: as the kernel would, come back later.
+					waits++
+					got := make([]byte, chunk-done)
+					if n != 0 || d.ReadAt(got, uint64(off+done)) != nil || !bytes.Equal(got, model[off+done:off+chunk]) {
+						t.Fatalf("a write that would wait stored %d bytes or changed the range", n)
+					}
+					time.Sleep(time.Millisecond)
+					continue
+				}
+				if err != nil {
+					t.Fatalf("write at %d: %v", off+done, err)
+				}
+				if n%PageSize != 0 || n == 0 {
+					t.Fatalf("a partial write of %d bytes", n)
+				}
+				copy(model[off+done:], buf[done:done+n])
+				if done+n < chunk {
+					partial++
+					// What was not stored still reads as before.
+					got := make([]byte, chunk-done-n)
+					if err := d.ReadAt(got, uint64(off+done+n)); err != nil || !bytes.Equal(got, model[off+done+n:off+chunk]) {
+						t.Fatalf("after a partial write of %d bytes at %d, the rest changed (err %v)", n, off+done, err)
+					}
+				}
+				done += n
+			}
+		}
+	}
+	all := make([]byte, size)
+	if err := d.ReadAt(all, 0); err != nil || !bytes.Equal(all, model) {
+		t.Fatalf("the device differs from the model (err %v)", err)
+	}
+	checkStatsConsistent(t, d)
+	if st := d.Stats(); st.PartialWrites != int64(partial) {
+		t.Fatalf("PartialWrites %d, the test saw %d", st.PartialWrites, partial)
+	}
+	if partial == 0 {
+		t.Fatal("no write stopped short: the test did not outrun the refiller")
+	}
+	t.Logf("%d stops short of store memory and %d writes that would wait, over %d writes", partial, waits, 2*size/chunk)
 }

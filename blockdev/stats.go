@@ -25,13 +25,21 @@ type Stats struct {
 	InvalidIO    int64
 	NotifyFree   int64 // pages freed by TRIM / WRITE_ZEROES
 	// beyond zram
-	PagesStored    int64
-	Reads, Writes  int64 // requests
+	PagesStored   int64
+	Reads, Writes int64 // requests
+	// PartialWrites counts writes that stored a leading part and left the
+	// rest for the kernel to send again (WritePartial), store memory being
+	// short.
+	PartialWrites  int64
 	SlotTableBytes int64 // the slot table's own size, kept apart from the store
 	StoreMetaBytes int64 // the store's Go-heap bookkeeping
 	// StoreReserveBytes is store memory faulted in ahead of writes, outside
 	// MemUsedTotal (pagestore's reserve): resident, not yet holding pages.
 	StoreReserveBytes int64
+	// StoreReserveWaits counts writes that found the reserve empty and
+	// waited for the refiller; StoreNoMem those refused after waiting
+	// (ENOSPC: the kernel keeps the page and retries).
+	StoreReserveWaits, StoreNoMem int64
 	// recompression (recompress.go)
 	IncompressiblePages int64 // pages recompression gave up on, still stored
 	// PriorityPages and PriorityBytes: compressed pages (huge included, at
@@ -63,13 +71,14 @@ func (d *Device) Stats() Stats {
 		PagesStored:    pages,
 		Reads:          c.reads.Load(),
 		Writes:         c.writes.Load(),
+		PartialWrites:  c.partialWrites.Load(),
 		SlotTableBytes: d.table.bytes(),
 		StoreMetaBytes: ss.MetadataBytes,
 
 		IncompressiblePages: c.incompressible.Load(),
 		Recomp:              d.RecompressTotals(),
 	}
-	st.StoreReserveBytes = ss.ReserveBytes
+	st.StoreReserveBytes, st.StoreReserveWaits, st.StoreNoMem = ss.ReserveBytes, ss.ReserveWaits, ss.NoMemFails
 	// Priority 0 is the rest, so the write path keeps no counter of its own.
 	st.PriorityPages[0] = pages - st.SamePages
 	st.PriorityBytes[0] = st.ComprDataSize

@@ -18,6 +18,12 @@ type Target interface {
 	// whole pages are compressed into it, so the compression stream is
 	// given back before the write waits for store memory.
 	WriteAt(p []byte, off uint64, scratch []byte) error
+	// WritePartial is WriteAt that, while memory is short, never waits
+	// for store memory: it stores a leading part of p (whole pages) and
+	// returns its length, or ErrWouldWait having stored nothing. For a
+	// transport whose kernel completes part of a request and sends the rest
+	// again, and which can keep a request waiting without a thread (ublk).
+	WritePartial(p []byte, off uint64, scratch []byte) (int, error)
 	// Discard forgets [off, off+n): a TRIM, or swap freeing its slots.
 	Discard(off, n uint64) error
 	// WriteZeroes makes [off, off+n) read as zeros; with noHole whole pages

@@ -102,6 +102,16 @@ type Device struct {
 	Compressors []Compressor `json:"compressors,omitempty"`
 	MM          MMStat       `json:"mm_stat"`
 	IO          IOStat       `json:"io_stat"`
+	// PartialWrites counts ublk writes completed in part because store
+	// memory was short (the kernel sent the rest again): what would have
+	// been refused writes.
+	PartialWrites int64 `json:"partial_writes"`
+	// ReserveWaits and NoMem: writes that waited for the store's reserve of
+	// prefaulted memory, and writes refused after waiting (ENOSPC).
+	ReserveWaits int64 `json:"reserve_waits"`
+	NoMem        int64 `json:"nomem"`
+	// ReserveBytes is the store's prefaulted memory not yet holding pages.
+	ReserveBytes int64 `json:"reserve_bytes"`
 	// The stats files as zram prints them.
 	MMStatText    string `json:"mm_stat_text"`
 	IOStatText    string `json:"io_stat_text"`

@@ -648,7 +648,8 @@ func (d *Daemon) infoLocked(e *entry, sockets []string) control.Device {
 			MemLimit: s.MemLimit, MemUsedMax: s.MemUsedMax, SamePages: s.SamePages,
 			PagesCompacted: s.PagesCompacted, HugePages: s.HugePages, HugePagesSince: s.HugePagesSince,
 		},
-		IO:         control.IOStat{FailedReads: s.FailedReads, FailedWrites: s.FailedWrites, InvalidIO: s.InvalidIO, NotifyFree: s.NotifyFree},
+		IO:            control.IOStat{FailedReads: s.FailedReads, FailedWrites: s.FailedWrites, InvalidIO: s.InvalidIO, NotifyFree: s.NotifyFree},
+		PartialWrites: s.PartialWrites, ReserveWaits: s.StoreReserveWaits, NoMem: s.StoreNoMem, ReserveBytes: s.StoreReserveBytes,
 		MMStatText: s.MMStat(), IOStatText: s.IOStat(), DebugStatText: e.dev.DebugStat(), RecompStatText: s.RecompStat(),
 	}
 	// The compressor table, not Algorithm(), names the primary: it is read

@@ -161,6 +161,10 @@ var deviceMetrics = []struct {
 	{"uzram_failed_writes_total", "counter", "io_stat failed_writes.", func(d *control.Device) int64 { return d.IO.FailedWrites }},
 	{"uzram_invalid_io_total", "counter", "io_stat invalid_io.", func(d *control.Device) int64 { return d.IO.InvalidIO }},
 	{"uzram_notify_free_total", "counter", "io_stat notify_free: pages freed by TRIM or WRITE_ZEROES.", func(d *control.Device) int64 { return d.IO.NotifyFree }},
+	{"uzram_partial_writes_total", "counter", "ublk writes completed in part, store memory being short (the kernel sent the rest again).", func(d *control.Device) int64 { return d.PartialWrites }},
+	{"uzram_store_reserve_waits_total", "counter", "Writes that found the store's prefaulted reserve empty and waited for its refiller.", func(d *control.Device) int64 { return d.ReserveWaits }},
+	{"uzram_store_nomem_total", "counter", "Writes refused (ENOSPC) after the reserve stayed empty with memory short.", func(d *control.Device) int64 { return d.NoMem }},
+	{"uzram_store_reserve_bytes", "gauge", "Store memory faulted in ahead of writes, not yet holding pages.", func(d *control.Device) int64 { return d.ReserveBytes }},
 	{"uzram_connections", "gauge", "NBD connections in transmission.", func(d *control.Device) int64 { return int64(d.Connections) }},
 }
 

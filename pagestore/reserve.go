@@ -345,6 +345,12 @@ func (s *Store) awaitRefill(w *refillWait) bool {
 	return true
 }
 
+// MemoryShort reports whether the system's free memory is low enough that
+// the kernel reclaims (below four times vm.min_free_kbytes): a Put that
+// must wait for the refiller then waits on reclaim, maybe on writes only
+// its caller can complete.
+func (s *Store) MemoryShort() bool { return memoryShort(s) }
+
 // memoryShort reports whether the system's free memory is below
 // s.shortFree, as it is while the kernel reclaims. sysinfo(2) neither
 // allocates nor faults, so the waiting write path may call it. If it fails,

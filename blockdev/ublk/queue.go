@@ -37,19 +37,47 @@ type queue struct {
 
 	fetch, commit uint32 // the I/O command encodings in use
 
-	tid     int           // the thread's id, once it runs
-	live    int           // tags with a command in the kernel
-	wake    int           // eventfd another goroutine writes to stop the thread
-	stopped chan struct{} // closed when run returns
-	handoff atomic.Bool   // stop serving between requests (handover)
-	err     error         // why run returned, if not a normal stop
+	tid  int // the thread's id, once it runs
+	live int // tags with a command in the kernel
+	// parked are writes that found no store memory while memory was short
+	// (blockdev.ErrWouldWait), oldest first: held, uncommitted, and tried
+	// again on every wakeup, with a timer armed so there is one. The thread
+	// meanwhile serves what needs no memory (reads, discards), and what the
+	// kernel completes frees the memory they wait for.
+	parked     []parkedWrite
+	timerArmed bool
+	retryAfter Timespec
+	wake       int           // eventfd another goroutine writes to stop the thread
+	stopped    chan struct{} // closed when run returns
+	handoff    atomic.Bool   // stop serving between requests (handover)
+	err        error         // why run returned, if not a normal stop
 }
 
-// userData of the completion that means the wake eventfd was written.
-const wakeTag = 1 << 32
+// userData of the completions that are not requests: the wake eventfd was
+// written; the retry timer fired.
+const (
+	wakeTag  = 1 << 32
+	timerTag = 2 << 32
+)
+
+// parkedWrite is a write waiting for store memory.
+type parkedWrite struct {
+	tag   uint16
+	since time.Time
+}
+
+// Parked writes are tried again every parkRetry, and given up on (ENOSPC,
+// which the kernel sees as a failed write) after parkMax: memory that
+// stays short that long has other problems.
+const (
+	parkRetry = time.Millisecond
+	parkMax   = 30 * time.Second
+)
 
 func newQueue(d *Device, id uint16) (*queue, error) {
-	q := &queue{dev: d, id: id, depth: d.info.QueueDepth, maxIO: d.maxIO, stopped: make(chan struct{}), wake: -1}
+	q := &queue{dev: d, id: id, depth: d.info.QueueDepth, maxIO: d.maxIO, stopped: make(chan struct{}), wake: -1,
+		retryAfter: Timespec{Nsec: int64(parkRetry)}}
+	q.parked = make([]parkedWrite, 0, q.depth)
 	legacy := d.info.Flags&FeatureCmdIoctlEncode == 0
 	q.fetch, q.commit = ioOp(ioFetchReq, legacy), ioOp(ioCommitAndFetch, legacy)
 	// The kernel maps each queue's array at a fixed stride: the size of the
@@ -125,12 +153,12 @@ func (q *queue) run(ready chan<- error) {
 	defer close(q.stopped)
 	var err error
 	// The ring is created by the thread that uses it (SINGLE_ISSUER), one
-	// entry per tag plus the wake-up poll. DEFER_TASKRUN: the kernel hands
+	// entry per tag plus the wake-up poll and the retry timer. DEFER_TASKRUN: the kernel hands
 	// requests over (task work) only inside our io_uring_enter, which wakes
 	// from its wait through the ring's own wait queue. Without it every
 	// request was signalled to the thread (TIF_NOTIFY_SIGNAL): QD1 reads in
 	// a 6.12 TCG guest ran at 350 IOPS against 1,650 with it.
-	if q.ring, err = NewRing(uint32(q.depth)+1, setupCoopTaskrun|setupSingleIssuer|setupDeferTaskrun); err != nil {
+	if q.ring, err = NewRing(uint32(q.depth)+2, setupCoopTaskrun|setupSingleIssuer|setupDeferTaskrun); err != nil {
 		ready <- fmt.Errorf("ublk: queue %d: %w", q.id, err)
 		return
 	}
@@ -164,6 +192,12 @@ func (q *queue) prepare(op uint32, tag uint16, res int32) error {
 // serve is the loop: submit the commits, wait for requests, serve each.
 func (q *queue) serve() error {
 	for q.live > 0 {
+		if len(q.parked) > 0 && !q.timerArmed {
+			if err := q.ring.PrepareTimeout(&q.retryAfter, timerTag); err != nil {
+				return err
+			}
+			q.timerArmed = true
+		}
 		if err := q.ring.Submit(1); err != nil {
 			return err
 		}
@@ -172,10 +206,12 @@ func (q *queue) serve() error {
 			if !ok {
 				break
 			}
-			if ud == wakeTag {
+			switch ud {
+			case wakeTag:
 				if q.handoff.Load() {
 					// Commits already prepared go in; every other tag
-					// stays with the kernel for a successor.
+					// (parked writes too) stays with the kernel for a
+					// successor.
 					return q.ring.Submit(0)
 				}
 				var b [8]byte
@@ -183,6 +219,9 @@ func (q *queue) serve() error {
 				if err := q.ring.PreparePoll(q.wake, wakeTag); err != nil {
 					return err
 				}
+				continue
+			case timerTag:
+				q.timerArmed = false
 				continue
 			}
 			tag := uint16(ud)
@@ -194,7 +233,9 @@ func (q *queue) serve() error {
 					q.live--
 					continue
 				}
-				if err := q.prepare(q.commit, tag, q.handle(tag)); err != nil {
+				if res, park := q.handle(tag, true); park {
+					q.parked = append(q.parked, parkedWrite{tag: tag, since: time.Now()})
+				} else if err := q.prepare(q.commit, tag, res); err != nil {
 					return err
 				}
 			case ioResAbort:
@@ -203,13 +244,37 @@ func (q *queue) serve() error {
 				return fmt.Errorf("ublk: queue %d tag %d: command refused: %v", q.id, tag, unix.Errno(-res))
 			}
 		}
+		if err := q.retryParked(); err != nil {
+			return err
+		}
 	}
 	return nil
 }
 
+// retryParked tries the parked writes again, oldest first, and stops at
+// the first that still finds no memory: the others would not either.
+func (q *queue) retryParked() error {
+	for len(q.parked) > 0 {
+		pw := q.parked[0]
+		// Parked too long: one last try that waits for the refiller, and
+		// fails as WriteAt does (ENOSPC) if it stays stuck.
+		res, park := q.handle(pw.tag, time.Since(pw.since) < parkMax)
+		if park {
+			return nil
+		}
+		q.parked = q.parked[1:]
+		if err := q.prepare(q.commit, pw.tag, res); err != nil {
+			return err
+		}
+	}
+	q.parked = q.parked[:0:cap(q.parked)]
+	return nil
+}
+
 // handle serves tag's request and returns its result: bytes for a read or
-// write, 0 for the others, or a negative errno.
-func (q *queue) handle(tag uint16) int32 {
+// write, 0 for the others, or a negative errno; or, if mayPark, park: a
+// write that found no store memory and changed nothing.
+func (q *queue) handle(tag uint16, mayPark bool) (res int32, park bool) {
 	d := &q.descs[tag]
 	t := q.dev.target
 	off := d.startSector << 9
@@ -227,7 +292,17 @@ func (q *queue) handle(tag uint16) int32 {
 		if q.dev.userCopy() {
 			err = q.copy(unix.Pread, tag, buf)
 		}
-		if err == nil {
+		switch {
+		case err != nil:
+		case mayPark:
+			// Short of store memory, the pages stored so far complete and
+			// the kernel sends the rest again: their completion frees the
+			// memory the store's refiller waits for in reclaim.
+			n, err = t.WritePartial(buf, off, q.scratch)
+			if errors.Is(err, blockdev.ErrWouldWait) {
+				return 0, true
+			}
+		default:
 			err = t.WriteAt(buf, off, q.scratch)
 		}
 	case opFlush:
@@ -242,13 +317,13 @@ func (q *queue) handle(tag uint16) int32 {
 	default:
 		t.CountInvalid()
 		q.dev.count(op, false)
-		return -int32(unix.EOPNOTSUPP)
+		return -int32(unix.EOPNOTSUPP), false
 	}
 	q.dev.count(op, err == nil)
 	if err != nil {
-		return -int32(errno(err))
+		return -int32(errno(err)), false
 	}
-	return int32(n)
+	return int32(n), false
 }
 
 // copy moves a request's data between buf and the kernel's request pages

@@ -18,6 +18,7 @@ const (
 
 	opNop      = 0
 	opPollAdd  = 6
+	opTimeout  = 11
 	opURingCmd = 46
 
 	setupCQSize       = 1 << 3
@@ -264,6 +265,23 @@ func (r *Ring) PreparePoll(fd int, userData uint64) error {
 	e.opcode = opPollAdd
 	e.fd = int32(fd)
 	e.opFlags = unix.POLLIN // poll32_events
+	e.userData = userData
+	return nil
+}
+
+// Timespec is struct __kernel_timespec.
+type Timespec struct{ Sec, Nsec int64 }
+
+// PrepareTimeout queues a timeout that completes (with -ETIME) after ts.
+// The kernel reads ts when the entry is submitted.
+func (r *Ring) PrepareTimeout(ts *Timespec, userData uint64) error {
+	e, _, err := r.next()
+	if err != nil {
+		return err
+	}
+	e.opcode = opTimeout
+	e.addr = uint64(uintptr(unsafe.Pointer(ts)))
+	e.len = 1
 	e.userData = userData
 	return nil
 }
