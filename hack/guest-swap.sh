@@ -24,6 +24,18 @@
 #   MEMCHECK_TIMEOUT=600      seconds one memcheck run may take
 #   PAGE_CLUSTER=0            vm.page-cluster in the guest (swap readahead)
 #   SERVER_WRAP               a command the server runs under, e.g. "chrt -o 0"
+#   WORKLOAD_GODEBUG=asyncpreemptoff=1  GODEBUG for memcheck, the workload:
+#                             no SIGURG preemption signals. A task that
+#                             dispatches nbd requests (a reclaiming memcheck
+#                             thread) and has a signal pending can be cut off
+#                             mid-send (-ERESTARTSYS); 6.12.95's nbd_send_cmd
+#                             then returns BLK_STS_RESOURCE with the header
+#                             already sent, the server's reply later names a
+#                             stale cookie or tag ("Double reply", "Unexpected
+#                             reply"), the connection is declared dead and
+#                             swap fails. Empty: Go's default
+#   LRU_GEN=                  y or n: /sys/kernel/mm/lru_gen/enabled in the
+#                             guest (Debian's 6.12 turns MGLRU on, its 6.1 off)
 #   KERNEL=/boot/vmlinuz-...  guest kernel (default: Debian's 6.12 backports
 #                             kernel from hack/guest-kernel.sh; Debian 12's 6.1
 #                             in /boot works too)
@@ -153,6 +165,8 @@ MEMCHECK_TIMEOUT=${MEMCHECK_TIMEOUT:-600}
 PAGE_CLUSTER=${PAGE_CLUSTER:-0}
 TAKEOVER_WORKLOAD=${TAKEOVER_WORKLOAD:-256M}
 TAKEOVER_MEMMAX=${TAKEOVER_MEMMAX:-128M}
+LRU_GEN=${LRU_GEN:-}
+WORKLOAD_GODEBUG=${WORKLOAD_GODEBUG-asyncpreemptoff=1}
 EOF
 
 # ---- boot ------------------------------------------------------------------------
