@@ -23,10 +23,11 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 
-# Dependency order of the modules that bring up virtio-pci and 9p.
-for m in virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci netfs fscache 9pnet 9pnet_virtio 9p; do
+# The modules that bring up virtio-pci and 9p, in dependency order, as
+# guest-swap.sh found them for this kernel (built-in ones are left out).
+while read -r m; do
 	insmod "/modules/$m.ko" || { echo "guest-init: insmod $m failed"; finish 90; }
-done
+done </modules/order
 
 mkdir -p /mnt
 # The default msize (8 KiB) on purpose: every 9p request allocates two

@@ -13,7 +13,7 @@ set -euo pipefail
 # shellcheck source=/dev/null
 . "${GUEST_ENV:?}"
 : "${B:?}" "${SERVER:?}" "${DEV_SIZE:?}" "${WORKLOAD:?}" "${NBD_FLAGS:?}" "${FIO_SIZE:?}"
-: "${MEMCHECK_TIMEOUT:=600}" "${PAGE_CLUSTER:=0}" "${FIO_TIMEOUT:=120}" "${PHASES:=uzram zram fio cli restart takeover}" "${TAKEOVER_WORKLOAD:=256M}" "${TAKEOVER_MEMMAX:=128M}"
+: "${WORKLOAD_GODEBUG=}" "${MEMCHECK_TIMEOUT:=600}" "${PAGE_CLUSTER:=0}" "${FIO_TIMEOUT:=120}" "${PHASES:=uzram zram fio cli restart takeover}" "${TAKEOVER_WORKLOAD:=256M}" "${TAKEOVER_MEMMAX:=128M}"
 
 say() { echo "@@ $*"; }
 log() { echo "## $*"; }
@@ -23,6 +23,7 @@ SRVLOG=/run/uzram/server.log
 mkdir -p /run/uzram
 srv_pid=
 failed=0
+nbd_max_sectors_kb_default=
 
 # fail records a failed check and carries on, so one run shows every problem.
 fail() {
@@ -133,6 +134,15 @@ attach() {
 			# Writeback throttling would hold swap writes back behind a
 			# latency target that a userspace server under TCG misses.
 			echo 0 >/sys/block/nbd0/queue/wbt_lat_usec
+			# 6.1's nbd capped requests at 128 KiB (max_sectors 256);
+			# 6.12's lost that cap (the block layer's default, 1280 KiB),
+			# and the server prefaults buffers for 128 KiB requests: a
+			# 1280 KiB swap write under memory pressure got ENOSPC, then
+			# the connection died. Keep 6.1's size.
+			nbd_max_sectors_kb_default=$(cat /sys/block/nbd0/queue/max_sectors_kb)
+			if [ "$nbd_max_sectors_kb_default" -gt 128 ]; then
+				echo 128 >/sys/block/nbd0/queue/max_sectors_kb
+			fi
 			return 0
 		fi
 		sleep 0.1
@@ -197,7 +207,7 @@ swap_phase() {
 	done) &
 	local mon=$!
 	t0=$(date +%s.%N)
-	"$B/memcheck" -size "$WORKLOAD" -hold >"$mlog" 2>&1 &
+	GODEBUG=$WORKLOAD_GODEBUG "$B/memcheck" -size "$WORKLOAD" -hold >"$mlog" 2>&1 &
 	mc=$!
 	# Stream its progress to the console; tail ends when memcheck does.
 	tail -n +1 -f --pid="$mc" "$mlog" | sed -u 's/^/## /' &
@@ -475,7 +485,7 @@ takeover_phase() {
 	echo +memory >/sys/fs/cgroup/cgroup.subtree_control 2>/dev/null || true
 	mkdir -p "$cg"
 	echo "$TAKEOVER_MEMMAX" >"$cg/memory.max"
-	(echo "$BASHPID" >"$cg/cgroup.procs" && exec "$B/memcheck" -size "$TAKEOVER_WORKLOAD" -hold -recheck) >"$mlog" 2>&1 &
+	(echo "$BASHPID" >"$cg/cgroup.procs" && GODEBUG=$WORKLOAD_GODEBUG exec "$B/memcheck" -size "$TAKEOVER_WORKLOAD" -hold -recheck) >"$mlog" 2>&1 &
 	mc=$!
 	tail -n +1 -f --pid="$mc" "$mlog" | sed -u 's/^/## takeover: /' &
 	local tailer=$!
@@ -568,6 +578,12 @@ sysctl -qw kernel.sysrq=1
 # the min watermark, below which the server's own page faults would wait on
 # the very swap writes they are meant to serve. Kernel zram gets the same.
 sysctl -qw vm.min_free_kbytes=32768 vm.watermark_scale_factor=200
+# The multi-generational LRU: Debian's 6.12 turns it on at boot
+# (CONFIG_LRU_GEN_ENABLED), its 6.1 leaves it off. LRU_GEN=n or y sets it.
+if [ -n "${LRU_GEN:-}" ] && [ -w /sys/kernel/mm/lru_gen/enabled ]; then
+	echo "$LRU_GEN" >/sys/kernel/mm/lru_gen/enabled
+fi
+say "mm lru_gen=$(cat /sys/kernel/mm/lru_gen/enabled 2>/dev/null || echo absent) thp=\"$(cat /sys/kernel/mm/transparent_hugepage/enabled)\""
 # Module autoloading would run the initramfs's modprobe, not this root's:
 # load what the run needs by hand.
 modprobe nbd nbds_max=2
@@ -591,7 +607,7 @@ if has uzram; then
 	T0=$SECONDS
 	start_server swap
 	attach
-	say "nbd dev=nbd0 flags=\"$NBD_FLAGS\" max_sectors_kb=$(cat /sys/block/nbd0/queue/max_sectors_kb) discard_max_bytes=$(cat /sys/block/nbd0/queue/discard_max_bytes) write_cache=\"$(cat /sys/block/nbd0/queue/write_cache)\""
+	say "nbd dev=nbd0 flags=\"$NBD_FLAGS\" max_sectors_kb=$(cat /sys/block/nbd0/queue/max_sectors_kb) kernel_max_sectors_kb=$nbd_max_sectors_kb_default discard_max_bytes=$(cat /sys/block/nbd0/queue/discard_max_bytes) write_cache=\"$(cat /sys/block/nbd0/queue/write_cache)\""
 	swap_phase uzram nbd0 || fail "uzram swap phase"
 	detach
 	stop_server

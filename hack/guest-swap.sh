@@ -24,7 +24,21 @@
 #   MEMCHECK_TIMEOUT=600      seconds one memcheck run may take
 #   PAGE_CLUSTER=0            vm.page-cluster in the guest (swap readahead)
 #   SERVER_WRAP               a command the server runs under, e.g. "chrt -o 0"
-#   KERNEL=/boot/vmlinuz-...  guest kernel (default: the newest Debian one)
+#   WORKLOAD_GODEBUG=asyncpreemptoff=1  GODEBUG for memcheck, the workload:
+#                             no SIGURG preemption signals. A task that
+#                             dispatches nbd requests (a reclaiming memcheck
+#                             thread) and has a signal pending can be cut off
+#                             mid-send (-ERESTARTSYS); 6.12.95's nbd_send_cmd
+#                             then returns BLK_STS_RESOURCE with the header
+#                             already sent, the server's reply later names a
+#                             stale cookie or tag ("Double reply", "Unexpected
+#                             reply"), the connection is declared dead and
+#                             swap fails. Empty: Go's default
+#   LRU_GEN=                  y or n: /sys/kernel/mm/lru_gen/enabled in the
+#                             guest (Debian's 6.12 turns MGLRU on, its 6.1 off)
+#   KERNEL=/boot/vmlinuz-...  guest kernel (default: Debian's 6.12 backports
+#                             kernel from hack/guest-kernel.sh; Debian 12's 6.1
+#                             in /boot works too)
 #   GUEST_LOGLEVEL=5          guest console loglevel (7 shows hung-task stacks)
 # Prints the guest console, then a summary table; exits non-zero on any
 # failed check, a crash or a hang.
@@ -63,13 +77,18 @@ for tool in qemu-system-x86_64 nbd-client cpio gzip go; do
 done
 [ -x /bin/busybox ] || die "/bin/busybox missing (apt-get install busybox-static)"
 if [ -z "${KERNEL:-}" ]; then
-	KERNEL=$(find /boot -maxdepth 1 -name 'vmlinuz-*-amd64' | sort -V | tail -1)
+	# Debian's 6.12 backports kernel (ublk_drv, nbd, zram as modules),
+	# fetched and cached by guest-kernel.sh, its modules in /lib/modules.
+	KERNEL=$("$here/guest-kernel.sh") || die "no guest kernel (hack/guest-kernel.sh failed; KERNEL=/boot/vmlinuz-... picks another)"
 fi
-[ -r "${KERNEL:-}" ] || die "no Debian kernel in /boot (apt-get install linux-image-amd64)"
-kver=${KERNEL#*/vmlinuz-}
+[ -r "${KERNEL:-}" ] || die "cannot read the guest kernel $KERNEL"
+kver=${KERNEL##*/vmlinuz-}
 mods=/lib/modules/$kver
-[ -f "$mods/kernel/drivers/block/nbd.ko" ] || die "$mods has no nbd.ko"
-
+# The guest chroots into this root, so its modprobe needs the kernel's
+# modules here, indexed (guest-kernel.sh does that; a Debian kernel package
+# does it for its own).
+[ -s "$mods/modules.dep" ] || die "$mods has no modules.dep (install the kernel's modules there and run depmod $kver)"
+modprobe -S "$kver" -D nbd >/dev/null 2>&1 || die "$kver has no nbd module in $mods"
 mkdir -p "$B"
 
 # ---- build -------------------------------------------------------------------
@@ -102,12 +121,33 @@ mkdir -p "$ird"/{bin,dev,proc,sys,mnt,modules}
 cp /bin/busybox "$ird/bin/busybox"
 cp "$here/guest-init.sh" "$ird/init"
 chmod 755 "$ird/init"
-for m in virtio/virtio_ring virtio/virtio virtio/virtio_pci_legacy_dev virtio/virtio_pci_modern_dev \
-	virtio/virtio_pci; do
-	cp "$mods/kernel/drivers/$m.ko" "$ird/modules/"
-done
-cp "$mods/kernel/fs/netfs/netfs.ko" "$mods/kernel/fs/fscache/fscache.ko" "$mods/kernel/fs/9p/9p.ko" \
-	"$mods/kernel/net/9p/9pnet.ko" "$mods/kernel/net/9p/9pnet_virtio.ko" "$ird/modules/"
+# virtio-pci and 9p with their dependencies in load order, as the kernel at
+# hand has them: 6.1 builds them all as modules (.ko), 6.12 has virtio,
+# virtio_pci and fscache built in and compresses its modules (.ko.xz), which
+# busybox's insmod cannot read, so they go in decompressed. /modules/order
+# tells the init what to load.
+modprobe -a -S "$kver" -D virtio_pci 9pnet_virtio 9p >"$B/modules.dep.txt" 2>&1 ||
+	die "$kver: cannot resolve the virtio-pci and 9p modules: $(tail -1 "$B/modules.dep.txt")"
+: >"$ird/modules/order"
+while read -r kind path _; do
+	[ "$kind" = insmod ] || continue
+	name=$(basename "$path")
+	name=${name%%.ko*}
+	[ -f "$ird/modules/$name.ko" ] && continue
+	case $path in
+	*.ko) cp "$path" "$ird/modules/$name.ko" ;;
+	*.ko.xz)
+		command -v xz >/dev/null || die "$kver's modules are xz-compressed: apt-get install xz-utils"
+		xz -dc "$path" >"$ird/modules/$name.ko"
+		;;
+	*.ko.zst)
+		command -v zstd >/dev/null || die "$kver's modules are zstd-compressed: apt-get install zstd"
+		zstd -qdc "$path" >"$ird/modules/$name.ko"
+		;;
+	*) die "$path: unknown module format" ;;
+	esac
+	echo "$name" >>"$ird/modules/order"
+done <"$B/modules.dep.txt"
 (cd "$ird" && find . | cpio -o -H newc --quiet | gzip -1) >"$B/initrd.gz"
 
 cat >"$B/guest.env" <<EOF
@@ -125,6 +165,8 @@ MEMCHECK_TIMEOUT=${MEMCHECK_TIMEOUT:-600}
 PAGE_CLUSTER=${PAGE_CLUSTER:-0}
 TAKEOVER_WORKLOAD=${TAKEOVER_WORKLOAD:-256M}
 TAKEOVER_MEMMAX=${TAKEOVER_MEMMAX:-128M}
+LRU_GEN=${LRU_GEN:-}
+WORKLOAD_GODEBUG=${WORKLOAD_GODEBUG-asyncpreemptoff=1}
 EOF
 
 # ---- boot ------------------------------------------------------------------------

@@ -42,9 +42,11 @@ const (
 // than its RAM, every byte verified, TRIM seen by the store; fio with
 // verification; uzram swapon/swapoff, attach/detach and setup checked
 // against the kernel's view; and a daemon restart with --state-file under
-// an attached nbd-client. It needs qemu-system-x86, linux-image-amd64,
-// busybox-static, nbd-client, fio and cpio (.ci/run installs them), and
-// skips when they are missing, with -short, or with UZRAM_GUEST=0. The file
+// an attached nbd-client. It needs qemu-system-x86, busybox-static,
+// nbd-client, fio, cpio and xz-utils (.ci/run installs them) and the guest
+// kernel that hack/guest-kernel.sh fetches (.ci/run runs it; KERNEL= picks
+// another), and skips when they are missing, with -short, or with
+// UZRAM_GUEST=0. The file
 // sorts last in the package, so it runs after the other end-to-end tests
 // and, in `go test ./...`, mostly after the other packages have finished
 // with the CPUs the TCG guest needs.
@@ -56,18 +58,22 @@ func TestGuestSwap(t *testing.T) {
 		t.Skip("guest VM run turned off with UZRAM_GUEST=0")
 	}
 	if missing := guestPrereqs(); len(missing) > 0 {
-		t.Skipf("guest VM run needs %s (apt-get install qemu-system-x86 linux-image-amd64 busybox-static nbd-client fio cpio)",
+		t.Skipf("guest VM run needs %s (apt-get install qemu-system-x86 busybox-static nbd-client fio cpio xz-utils)",
 			strings.Join(missing, ", "))
+	}
+	repo, err := filepath.Abs("..")
+	if err != nil {
+		t.Fatal(err)
+	}
+	kernel, why := guestKernel(repo)
+	if why != "" {
+		t.Skipf("guest VM run needs its kernel: %s", why)
 	}
 	if dl, ok := t.Deadline(); ok && time.Until(dl) < guestBudget+30*time.Second {
 		t.Skipf("guest VM run needs %v but the test binary's deadline is %v away; run with -timeout 25m",
 			guestBudget, time.Until(dl).Round(time.Second))
 	}
 
-	repo, err := filepath.Abs("..")
-	if err != nil {
-		t.Fatal(err)
-	}
 	// Not under /tmp: the guest mounts its own tmpfs there.
 	build, err := os.MkdirTemp("/var/tmp", "uzram-guest-")
 	if err != nil {
@@ -79,7 +85,7 @@ func TestGuestSwap(t *testing.T) {
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "bash", filepath.Join(repo, "hack", "guest-swap.sh"))
 	cmd.Dir = repo
-	cmd.Env = append(os.Environ(), "GUEST_BUILD="+build, "SERVER=uzram", "PHASES="+guestPhases, "WORKLOAD="+guestWorkload,
+	cmd.Env = append(os.Environ(), "KERNEL="+kernel, "GUEST_BUILD="+build, "SERVER=uzram", "PHASES="+guestPhases, "WORKLOAD="+guestWorkload,
 		"GUEST_TIMEOUT="+strconv.Itoa(int(guestTimeout/time.Second)),
 		"PATH="+os.Getenv("PATH")+":/usr/sbin:/sbin")
 	cmd.WaitDelay = 10 * time.Second
@@ -188,18 +194,34 @@ func guestPrereqs() []string {
 	if _, err := os.Stat("/bin/busybox"); err != nil {
 		missing = append(missing, "/bin/busybox (busybox-static)")
 	}
-	kernels, _ := filepath.Glob("/boot/vmlinuz-*-amd64")
-	ok := false
-	for _, k := range kernels {
-		ver := strings.TrimPrefix(filepath.Base(k), "vmlinuz-")
-		if _, err := os.Stat("/lib/modules/" + ver + "/kernel/drivers/block/nbd.ko"); err == nil {
-			ok = true
-		}
-	}
-	if !ok {
-		missing = append(missing, "a Debian kernel with nbd.ko (/boot/vmlinuz-*-amd64)")
+	if _, err := exec.LookPath("xz"); err != nil {
+		missing = append(missing, "xz")
 	}
 	return missing
+}
+
+// guestKernel returns the guest's kernel: $KERNEL if set, else the one
+// hack/guest-kernel.sh fetched and cached before (asked with --cached, so
+// the test never downloads). why is a one-line reason when there is none.
+func guestKernel(repo string) (path, why string) {
+	if k := os.Getenv("KERNEL"); k != "" {
+		if _, err := os.Stat(k); err != nil {
+			return "", "KERNEL=" + k + ": " + err.Error()
+		}
+		return k, ""
+	}
+	cmd := exec.Command("bash", filepath.Join(repo, "hack", "guest-kernel.sh"), "--cached")
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		msg := strings.TrimSpace(stderr.String())
+		if msg == "" {
+			msg = "hack/guest-kernel.sh --cached: " + err.Error()
+		}
+		return "", strings.SplitN(msg, "\n", 2)[0]
+	}
+	return strings.TrimSpace(string(out)), ""
 }
 
 func lastLines(s string, n int) string {
