@@ -170,9 +170,15 @@ func (d *Device) remove() {
 	d.ctrl.DelDev(d.info.DevID)
 }
 
+// waitQueues waits until every queue's thread has exited (the driver's
+// recovery expects the old server threads gone, not merely done: it checks
+// they are exiting), then releases the queues.
 func (d *Device) waitQueues() {
 	for _, q := range d.queues {
 		<-q.stopped
+		for i := 0; i < 500 && q.tid != 0 && threadAlive(q.tid); i++ {
+			sleepBriefly()
+		}
 		q.close()
 	}
 }
@@ -254,13 +260,6 @@ func (d *Device) Handoff() error {
 		unix.Write(q.wake, []byte{1, 0, 0, 0, 0, 0, 0, 0})
 	}
 	d.waitQueues()
-	// The driver's recovery expects the old server threads to be gone, not
-	// merely done (it checks they are exiting): wait for each to leave.
-	for _, q := range d.queues {
-		for i := 0; i < 500 && threadAlive(q.tid); i++ {
-			sleepBriefly()
-		}
-	}
 	return d.ch.Close()
 }
 

@@ -27,9 +27,11 @@
 //     the thread exits, which is what the driver's recovery waits for.
 //   - io_uring_enter is interrupted by signals (Go's preemption among them):
 //     Ring.Submit enters again.
-//   - Rings are DEFER_TASKRUN: requests are handed over inside our own
-//     io_uring_enter rather than signalled to the thread, five times faster
-//     at queue depth 1 in a TCG guest.
+//   - Rings are COOP_TASKRUN and SINGLE_ISSUER, not DEFER_TASKRUN: that
+//     was five times faster at queue depth 1 in a TCG guest, but 6.12.95
+//     crashed in io_uring's exit worker when such a ring closed with ublk
+//     commands still fetched, as every handoff and server death does
+//     (docs/ublk.md).
 //
 // Takeover and crashes: devices are added with USER_RECOVERY and
 // USER_RECOVERY_REISSUE. When the server goes (Handoff, exit or SIGKILL)

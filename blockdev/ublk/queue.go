@@ -109,7 +109,12 @@ func newQueue(d *Device, id uint16) (*queue, error) {
 	return q, nil
 }
 
+// close releases what the queue holds, once its thread has exited.
 func (q *queue) close() {
+	if q.ring != nil {
+		q.ring.Close()
+		q.ring = nil
+	}
 	if q.descMem != nil {
 		unix.Munmap(q.descMem)
 		q.descMem, q.descs = nil, nil
@@ -153,16 +158,20 @@ func (q *queue) run(ready chan<- error) {
 	defer close(q.stopped)
 	var err error
 	// The ring is created by the thread that uses it (SINGLE_ISSUER), one
-	// entry per tag plus the wake-up poll and the retry timer. DEFER_TASKRUN: the kernel hands
-	// requests over (task work) only inside our io_uring_enter, which wakes
-	// from its wait through the ring's own wait queue. Without it every
-	// request was signalled to the thread (TIF_NOTIFY_SIGNAL): QD1 reads in
-	// a 6.12 TCG guest ran at 350 IOPS against 1,650 with it.
-	if q.ring, err = NewRing(uint32(q.depth)+2, setupCoopTaskrun|setupSingleIssuer|setupDeferTaskrun); err != nil {
+	// entry per tag plus the wake-up poll and the retry timer. It is not
+	// DEFER_TASKRUN although that ran QD1 reads in a 6.12 TCG guest at
+	// 1,650 IOPS against 350: with it, 6.12.95 crashed in io_uring's exit
+	// worker when a ring closed with ublk commands still fetched (handoff,
+	// a server's death) within six handoff runs, whether the ring closed
+	// before or after its thread exited (a request freed twice, the
+	// /dev/ublkcN file's count below zero). See docs/ublk.md.
+	if q.ring, err = NewRing(uint32(q.depth)+2, setupCoopTaskrun|setupSingleIssuer); err != nil {
 		ready <- fmt.Errorf("ublk: queue %d: %w", q.id, err)
 		return
 	}
-	defer q.ring.Close()
+	// The ring stays open when the thread exits: the kernel cancels the
+	// thread's commands in its own exit, and close (after the thread is
+	// gone) closes the ring.
 	for tag := uint16(0); tag < q.depth; tag++ {
 		if err = q.prepare(q.fetch, tag, 0); err != nil {
 			break
