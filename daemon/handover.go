@@ -98,11 +98,12 @@ type handoverRequest struct {
 	Device   string `json:"device"`
 	Socket   string `json:"socket"`
 	Listen   string `json:"listen"`
+	Ublk     bool   `json:"ublk"` // the first device is served as /dev/ublkbN
 }
 
 // requestFor is what a daemon configured as cfg serves, as a handoverRequest.
 func requestFor(cfg Config) handoverRequest {
-	return handoverRequest{NoDevice: cfg.NoDevice, Device: cfg.Device.Name, Socket: cfg.Socket, Listen: cfg.Listen}
+	return handoverRequest{NoDevice: cfg.NoDevice, Device: cfg.Device.Name, Socket: cfg.Socket, Listen: cfg.Listen, Ublk: cfg.Ublk != nil}
 }
 
 // canHandOver says why this daemon cannot hand over to a successor started
@@ -115,6 +116,8 @@ func (d *Daemon) canHandOver(req handoverRequest) error {
 		return fmt.Errorf("the running daemon serves device %s, not %s", d.cfg.Device.Name, req.Device)
 	case !req.NoDevice && req.Socket != d.cfg.Socket:
 		return fmt.Errorf("the running daemon serves %s on %q, not %q", d.cfg.Device.Name, d.cfg.Socket, req.Socket)
+	case !req.NoDevice && req.Ublk != (d.cfg.Ublk != nil):
+		return fmt.Errorf("the running daemon serves %s with ublk=%v; start the successor with its flags", d.cfg.Device.Name, d.cfg.Ublk != nil)
 	case (req.Listen == "") != (d.cfg.Listen == ""):
 		return fmt.Errorf("the running daemon listens on TCP %q; the successor is asked for %q", d.cfg.Listen, req.Listen)
 	}

@@ -13,12 +13,14 @@ set -euo pipefail
 # shellcheck source=/dev/null
 . "${GUEST_ENV:?}"
 : "${B:?}" "${SERVER:?}" "${DEV_SIZE:?}" "${WORKLOAD:?}" "${NBD_FLAGS:?}" "${FIO_SIZE:?}"
-: "${WORKLOAD_GODEBUG=}" "${MEMCHECK_TIMEOUT:=600}" "${PAGE_CLUSTER:=0}" "${FIO_TIMEOUT:=120}" "${PHASES:=uzram zram fio cli restart takeover}" "${TAKEOVER_WORKLOAD:=256M}" "${TAKEOVER_MEMMAX:=128M}"
+: "${WORKLOAD_GODEBUG=}" "${MEMCHECK_TIMEOUT:=600}" "${PAGE_CLUSTER:=0}" "${FIO_TIMEOUT:=120}" "${PHASES:=uzram ublk zram fio ublkfio cli ublkcli restart takeover ublktakeover}" "${TAKEOVER_WORKLOAD:=256M}" "${TAKEOVER_MEMMAX:=128M}"
+: "${UBLK_WORKLOAD:=$WORKLOAD}"
 
 say() { echo "@@ $*"; }
 log() { echo "## $*"; }
 
 SOCK=/run/uzram/uzram0.sock
+UBLK=/dev/ublkb0
 SRVLOG=/run/uzram/server.log
 mkdir -p /run/uzram
 srv_pid=
@@ -85,6 +87,22 @@ server_stat() {
 	done
 	grep '^mm_stat ' "$SRVLOG" | tail -1
 	grep '^io_stat ' "$SRVLOG" | tail -1
+}
+
+# start_ublk_server serves uzram0 as /dev/ublkb0 (no socket).
+start_ublk_server() {
+	rm -f "$SOCK"
+	# shellcheck disable=SC2086 # UZRAM_FLAGS is a list of words
+	"$B/uzram" serve --size "$DEV_SIZE" --algorithm lz4 --name uzram0 --ublk --ublk-id 0 ${UZRAM_FLAGS:-} ${SERVE_EXTRA:-} >"$SRVLOG" 2>/dev/console &
+	srv_pid=$!
+	for _ in $(seq 100); do
+		[ -b "$UBLK" ] && return 0
+		kill -0 "$srv_pid" 2>/dev/null || break
+		sleep 0.1
+	done
+	cat "$SRVLOG"
+	fail "uzram did not serve $UBLK"
+	return 1
 }
 
 stop_server() {
@@ -164,14 +182,14 @@ detach() {
 # dev_mm_stat prints the device's mm_stat columns (no label).
 dev_mm_stat() {
 	case $1 in
-	nbd0) server_stat | awk '/^mm_stat / {$1 = ""; print substr($0, 2)}' ;;
+	nbd0 | ublkb0) server_stat | awk '/^mm_stat / {$1 = ""; print substr($0, 2)}' ;;
 	zram0) cat /sys/block/zram0/mm_stat ;;
 	esac
 }
 
 dev_io_stat() {
 	case $1 in
-	nbd0) server_stat | awk '/^io_stat / {$1 = ""; print substr($0, 2)}' ;;
+	nbd0 | ublkb0) server_stat | awk '/^io_stat / {$1 = ""; print substr($0, 2)}' ;;
 	zram0) cat /sys/block/zram0/io_stat ;;
 	esac
 }
@@ -194,8 +212,8 @@ request_mix() { # $1 name, $2 stat before, $3 stat after
 # swap_phase NAME DEV: swap on DEV, fill and check WORKLOAD, snapshot the
 # device while full, after the workload freed its memory, after swapoff.
 swap_phase() {
-	local name=$1 dev=$2 mc wd t0 t1 full freed off stat0 stat1 rc=0 mlog=/run/memcheck-$1.log
-	log "$name: swap on /dev/$dev, workload $WORKLOAD in ${GUEST_MEM_MIB} MiB of RAM"
+	local name=$1 dev=$2 workload=${3:-$WORKLOAD} mc wd t0 t1 full freed off stat0 stat1 rc=0 mlog=/run/memcheck-$1.log
+	log "$name: swap on /dev/$dev, workload $workload in ${GUEST_MEM_MIB} MiB of RAM"
 	mkswap "/dev/$dev" >/dev/null
 	swapon --discard=pages "/dev/$dev"
 	grep . /proc/swaps | sed 's/^/## /'
@@ -207,7 +225,7 @@ swap_phase() {
 	done) &
 	local mon=$!
 	t0=$(date +%s.%N)
-	GODEBUG=$WORKLOAD_GODEBUG "$B/memcheck" -size "$WORKLOAD" -hold >"$mlog" 2>&1 &
+	GODEBUG=$WORKLOAD_GODEBUG "$B/memcheck" -size "$workload" -hold >"$mlog" 2>&1 &
 	mc=$!
 	# Stream its progress to the console; tail ends when memcheck does.
 	tail -n +1 -f --pid="$mc" "$mlog" | sed -u 's/^/## /' &
@@ -222,7 +240,7 @@ swap_phase() {
 	kill "$mon" 2>/dev/null || true
 	full=$(dev_mm_stat "$dev")
 	say "mm_stat dev=$name when=full $full"
-	[ "$dev" = nbd0 ] && say "server dev=$name rss_kib=$(rss_kib "$srv_pid") io_flusher_threads=$(io_flusher_threads "$srv_pid") rt_threads=$(rt_threads "$srv_pid")"
+	case $dev in nbd0 | ublkb0) say "server dev=$name rss_kib=$(rss_kib "$srv_pid") io_flusher_threads=$(io_flusher_threads "$srv_pid") rt_threads=$(rt_threads "$srv_pid")" ;; esac
 	kill -USR1 "$mc" 2>/dev/null || true
 	wait "$mc" || rc=$?
 	kill "$wd" 2>/dev/null || true
@@ -245,7 +263,13 @@ swap_phase() {
 	local disc
 	disc=$(dev_mm_stat "$dev")
 	say "mm_stat dev=$name when=after_blkdiscard $disc"
-	say "io_stat dev=$name $(dev_io_stat "$dev")"
+	local io refused kerr
+	io=$(dev_io_stat "$dev")
+	say "io_stat dev=$name $io"
+	refused=$(echo "$io" | awk '{print $2 + 0}')
+	# What an admin reading the log would call swap errors: writes the
+	# device refused, and the kernel's own I/O error lines.
+	kerr=$(dmesg 2>/dev/null | grep -ciE 'i/o error|returned error|critical space allocation|write-error on swap' || true)
 	stat1=$(cat "/sys/block/$dev/stat")
 	request_mix "$name" "$stat0" "$stat1"
 	kernel_news
@@ -260,16 +284,16 @@ swap_phase() {
 	fi
 	# Ratio while full; pages freed between full and after swapoff (zram:
 	# slot-free notifications; NBD: only TRIM can free them).
-	awk -v name="$name" -v res="$result" -v peak="${peak:-0}" -v el="$elapsed" \
+	awk -v name="$name" -v res="$result" -v peak="${peak:-0}" -v el="$elapsed" -v ref="${refused:-0}" -v kerr="${kerr:-0}" \
 		-v full="$full" -v freed="$freed" -v off="$off" -v disc="$disc" 'BEGIN {
 		nf = split(full, f, " "); split(freed, r, " "); split(off, o, " "); split(disc, q, " ")
 		if (nf < 3) {
 			printf "@@ summary dev=%s memcheck=%s peak_swap_mib=%.0f elapsed_s=%s ratio=n/a stored_mib=n/a mem_used_mib=n/a trim_freed_pages=n/a after_free_mib=n/a after_swapoff_mib=n/a after_blkdiscard_mib=n/a\n", name, res, peak / 1024, el
 			exit
 		}
-		printf "@@ summary dev=%s memcheck=%s peak_swap_mib=%.0f elapsed_s=%s ratio=%.2f stored_mib=%.0f mem_used_mib=%.0f trim_freed_pages=%d after_free_mib=%.1f after_swapoff_mib=%.1f after_blkdiscard_mib=%.1f\n",
+		printf "@@ summary dev=%s memcheck=%s peak_swap_mib=%.0f elapsed_s=%s ratio=%.2f stored_mib=%.0f mem_used_mib=%.0f trim_freed_pages=%d after_free_mib=%.1f after_swapoff_mib=%.1f after_blkdiscard_mib=%.1f refused_writes=%d kernel_io_errors=%d\n",
 			name, res, peak / 1024, el, f[2] ? f[1] / f[2] : 0, f[1] / 1048576, f[3] / 1048576,
-			(f[1] - o[1]) / 4096, r[1] / 1048576, o[1] / 1048576, q[1] / 1048576
+			(f[1] - o[1]) / 4096, r[1] / 1048576, o[1] / 1048576, q[1] / 1048576, ref, kerr
 	}'
 }
 
@@ -305,7 +329,20 @@ fio_phase() {
 		rv=FAIL
 		fail "$name: fio randread status $rrc error ${rerr:-none}"
 	fi
-	say "fio dev=$name randwrite_verify=$wv randwrite_iops=${wiops:-0} verify_read_iops=${viops:-0} randread_verify=$rv randread_iops=${riops:-0}"
+	local mv=n/a m mrc=0
+	if [ "${3:-}" = mixed ]; then
+		# Every request size the block layer may send, 512 B to 128 KiB, at
+		# any sector: sub-page writes are read-modify-write in the store.
+		# shellcheck disable=SC2086 # a list of words, the 4k size dropped
+		m=$(timeout "$FIO_TIMEOUT" fio --name=mixed --rw=randwrite --bsrange=512-128k --do_verify=1 \
+			${common/--bs=4k/} 2>&1) || mrc=$?
+		mv=PASS
+		if [ "$mrc" != 0 ] || [ "$(echo "$m" | awk -F';' '/^3;/ {print $5}')" != 0 ]; then
+			mv=FAIL
+			fail "$name: fio mixed 512 B..128 KiB write+verify status $mrc: $(echo "$m" | tail -2)"
+		fi
+	fi
+	say "fio dev=$name randwrite_verify=$wv randwrite_iops=${wiops:-0} verify_read_iops=${viops:-0} randread_verify=$rv randread_iops=${riops:-0} mixed_verify=$mv"
 	kernel_news
 }
 
@@ -395,6 +432,78 @@ cli_phase() {
 	say "cli result=$([ "$failed" = "$f0" ] && echo PASS || echo FAIL)"
 }
 
+# ublk_cli_phase: the same as an admin would type it with --ublk: swapon
+# (no nbd-client: the daemon serves /dev/ublkbN), the listing's DEVICE and
+# MOUNTPOINT, reset and stop refused while the node is swap, swapoff,
+# --find with a filesystem, setup with transport = ublk, and uzram stop.
+ublk_cli_phase() {
+	local dir=/run/uzram-ublkcli out name node list rc f0=$failed
+	mkdir -p "$dir"
+	export UZRAM_CONTROL=$dir/control.sock
+	"$B/uzram" serve --no-device --socket-dir "$dir" >"$dir/server.log" 2>&1 &
+	local pid=$!
+	for _ in $(seq 100); do [ -S "$UZRAM_CONTROL" ] && break; sleep 0.1; done
+	U() { "$B/uzram" "$@"; }
+
+	out=$(U swapon --ublk --size 256M --priority 100 2>&1) || fail "ublkcli: swapon --ublk: $out"
+	read -r name node <<<"$out"
+	log "ublkcli: uzram swapon --ublk --size 256M --priority 100 -> $out"
+	case $node in /dev/ublkb[0-9]*) ;; *) fail "ublkcli: swapon --ublk printed node '$node'" ;; esac
+	# shellcheck disable=SC2016 # awk's own fields
+	check "ublk swapon: $node not in /proc/swaps with priority 100" \
+		awk -v d="$node" '$1 == d && $5 == 100 {ok = 1} END {exit !ok}' /proc/swaps
+	list=$(U --output NAME,DEVICE,MOUNTPOINT --noheadings --raw)
+	log "ublkcli: uzram -> $list"
+	check "ublk list: $name not shown on $node as [SWAP]" grep -q "^$name $node \[SWAP\]$" <<<"$list"
+	check "ublk swapon: wbt not off on $node" grep -qx 0 "/sys/block/${node#/dev/}/queue/wbt_lat_usec"
+	out=$(U --reset "$name" 2>&1) && rc=0 || rc=$?
+	log "ublkcli: uzram --reset $name while swap -> status $rc: $out"
+	[ "$rc" != 0 ] || fail "ublkcli: --reset of a ublk device in use succeeded"
+	out=$(U stop 2>&1) && rc=0 || rc=$?
+	log "ublkcli: uzram stop while swap -> status $rc: $out"
+	[ "$rc" != 0 ] || fail "ublkcli: uzram stop with a ublk swap succeeded"
+	kill -TERM "$pid"
+	sleep 1
+	check "ublkcli: SIGTERM with a ublk swap stopped the daemon" kill -0 "$pid"
+	out=$(U swapoff "$name" 2>&1) || fail "ublkcli: swapoff: $out"
+	check "ublk swapoff: $node still in /proc/swaps" sh -c "! grep -q '^$node ' /proc/swaps"
+	check "ublk swapoff: $name still listed" sh -c "! '$B/uzram' -n -o NAME | grep -qx '$name'"
+	check "ublk swapoff: $node still exists" sh -c "! [ -b $node ]"
+
+	name=$(U --find --size 64M --ublk) || fail "ublkcli: --find --ublk"
+	node=$(U -n --raw -o NAME,DEVICE | awk -v n="$name" '$1 == n {print $2}')
+	log "ublkcli: uzram --find --size 64M --ublk -> $name on $node"
+	check "find --ublk: $node has no size" sh -c "[ \$(cat /sys/block/${node#/dev/}/size) = 131072 ]"
+	mkdir -p /run/mnt
+	if mkfs.ext4 -q "$node" && mount "$node" /run/mnt; then
+		echo hello >/run/mnt/f && sync
+		list=$(U --output NAME,MOUNTPOINT --noheadings --raw)
+		check "ublk list: $name not shown at /run/mnt" grep -q "^$name /run/mnt$" <<<"$list"
+		out=$(U --reset "$name" 2>&1) && rc=0 || rc=$?
+		[ "$rc" != 0 ] || fail "ublkcli: --reset of a mounted ublk device succeeded"
+		umount /run/mnt
+	else
+		fail "ublkcli: mkfs.ext4/mount on $node"
+	fi
+	out=$(U --reset "$name" 2>&1) || fail "ublkcli: --reset: $out"
+
+	printf '[uzram6]\nzram-size = ram / 4\ncompression-algorithm = lz4\nswap-priority = 50\ntransport = ublk\n' >"$dir/uzram.conf"
+	out=$(U setup --config "$dir/uzram.conf" 2>&1) || fail "ublkcli: setup: $out"
+	log "ublkcli: uzram setup --config (uzram6, transport = ublk, priority 50) -> $out"
+	node=$(U -n --raw -o NAME,DEVICE | awk '$1 == "uzram6" {print $2}')
+	# shellcheck disable=SC2016 # awk's own fields
+	check "ublk setup: uzram6 not swap on a ublk node with priority 50" \
+		awk -v d="$node" '$1 == d && $5 == 50 && d ~ /ublkb/ {ok = 1} END {exit !ok}' /proc/swaps
+	out=$(U swapoff uzram6 2>&1) || fail "ublkcli: swapoff uzram6: $out"
+
+	out=$(U stop 2>&1) || fail "ublkcli: uzram stop: $out"
+	wait "$pid" || fail "ublkcli: daemon exited with status $?"
+	unset UZRAM_CONTROL
+	sed 's/^/##   /' "$dir/server.log" | tail -20
+	kernel_news
+	say "ublkcli result=$([ "$failed" = "$f0" ] && echo PASS || echo FAIL)"
+}
+
 # ---- a daemon restart under an attached device (issue 9) ---------------------
 
 # restart_phase: attach with nbd-client's ioctl mode and -persist (it stays
@@ -473,21 +582,31 @@ restart_phase() {
 # replaces the daemon, and then SIGUSR2 makes that one re-execute in place.
 # The kernel's nbd connections must never drop and every page must read
 # back right.
+# With "ublk" the device is /dev/ublkb0 and the kernel holds its requests
+# while the node changes servers (USER_RECOVERY).
 takeover_phase() {
-	local state=/run/uzram/state.img mlog=/run/memcheck-takeover.log newerr=/run/uzram/takeover.err
-	local cg=/sys/fs/cgroup/takeover mc old new t0 t1 rc=0 result took=none swap_kib avail_kib old_rc=none
+	local tr=${1:-nbd} name=takeover dev=/dev/nbd0 flags=(--socket "$SOCK")
+	if [ "$tr" = ublk ]; then
+		name=ublktakeover dev=$UBLK flags=(--ublk --ublk-id 0)
+	fi
+	local state=/run/uzram/state.img mlog=/run/memcheck-$name.log newerr=/run/uzram/$name.err
+	local cg=/sys/fs/cgroup/$name mc old new t0 t1 rc=0 result took=none swap_kib avail_kib old_rc=none
 	rm -f "$state" "$newerr"
-	SERVE_EXTRA="--state-file $state" start_server takeover || return 1
-	attach
-	mkswap /dev/nbd0 >/dev/null
-	swapon --discard=pages /dev/nbd0
+	if [ "$tr" = ublk ]; then
+		start_ublk_server || return 1
+	else
+		SERVE_EXTRA="--state-file $state" start_server takeover || return 1
+		attach
+	fi
+	mkswap "$dev" >/dev/null
+	swapon --discard=pages "$dev"
 	mountpoint -q /sys/fs/cgroup || mount -t cgroup2 none /sys/fs/cgroup
 	echo +memory >/sys/fs/cgroup/cgroup.subtree_control 2>/dev/null || true
 	mkdir -p "$cg"
 	echo "$TAKEOVER_MEMMAX" >"$cg/memory.max"
 	(echo "$BASHPID" >"$cg/cgroup.procs" && GODEBUG=$WORKLOAD_GODEBUG exec "$B/memcheck" -size "$TAKEOVER_WORKLOAD" -hold -recheck) >"$mlog" 2>&1 &
 	mc=$!
-	tail -n +1 -f --pid="$mc" "$mlog" | sed -u 's/^/## takeover: /' &
+	tail -n +1 -f --pid="$mc" "$mlog" | sed -u "s/^/## $name: /" &
 	local tailer=$!
 	for _ in $(seq "$MEMCHECK_TIMEOUT"); do
 		grep -q '^memcheck: holding' "$mlog" && break
@@ -496,13 +615,13 @@ takeover_phase() {
 	done
 	swap_kib=$(awk '/^(SwapTotal|SwapFree):/ {m[$1] = $2} END {print m["SwapTotal:"] - m["SwapFree:"]}' /proc/meminfo)
 	avail_kib=$(awk '/^MemAvailable:/ {print $2}' /proc/meminfo)
-	log "takeover: memcheck holds $TAKEOVER_WORKLOAD in $TAKEOVER_MEMMAX, swap used ${swap_kib} KiB, ${avail_kib} KiB available"
+	log "$name: memcheck holds $TAKEOVER_WORKLOAD in $TAKEOVER_MEMMAX, swap used ${swap_kib} KiB, ${avail_kib} KiB available"
 	kill -USR1 "$mc" 2>/dev/null || true # check again: swap traffic through the takeover
 	sleep 1
 	old=$srv_pid
 	t0=$(date +%s.%N)
 	# shellcheck disable=SC2086 # UZRAM_FLAGS is a list of words
-	"$B/uzram" serve --size "$DEV_SIZE" --algorithm lz4 --name uzram0 --socket "$SOCK" ${UZRAM_FLAGS:-} \
+	"$B/uzram" serve --size "$DEV_SIZE" --algorithm lz4 --name uzram0 "${flags[@]}" ${UZRAM_FLAGS:-} \
 		--state-file "$state" --takeover >>"$SRVLOG" 2>"$newerr" &
 	new=$!
 	tail -n +1 -f --pid="$new" "$newerr" | sed -u 's/^/## new daemon: /' &
@@ -535,27 +654,28 @@ takeover_phase() {
 			kill -0 "$new" 2>/dev/null || break
 			sleep 0.1
 		done
-		[ "$reexec" != none ] || fail "takeover: SIGUSR2 did not re-execute the daemon: $(tail -1 "$newerr")"
+		[ "$reexec" != none ] || fail "$name: SIGUSR2 did not re-execute the daemon: $(tail -1 "$newerr")"
 	else
-		fail "takeover: the new daemon did not take over: $(tail -1 "$newerr")"
+		fail "$name: the new daemon did not take over: $(tail -1 "$newerr")"
 		kill -0 "$new" 2>/dev/null && kill "$new"
 	fi
-	[ "$old_rc" = 0 ] || fail "takeover: old daemon exit status $old_rc"
+	[ "$old_rc" = 0 ] || fail "$name: old daemon exit status $old_rc"
 	wait "$mc" || rc=$?
 	wait "$tailer" || true
 	result=$(sed -n 's/^memcheck: result=\([A-Z]*\).*/\1/p' "$mlog")
 	if [ "$rc" != 0 ] || [ "$result" != PASS ]; then
-		fail "takeover: memcheck status $rc result ${result:-none}"
+		fail "$name: memcheck status $rc result ${result:-none}"
 		result=FAIL
 	fi
 	rmdir "$cg" 2>/dev/null || true
-	local size
-	size=$(cat /sys/block/nbd0/size)
-	swapoff /dev/nbd0 || fail "takeover: swapoff"
-	detach
+	local size kerr
+	size=$(cat "/sys/block/${dev#/dev/}/size")
+	kerr=$(dmesg 2>/dev/null | grep -ciE 'i/o error|returned error|critical space allocation|write-error on swap' || true)
+	swapoff "$dev" || fail "$name: swapoff"
+	[ "$tr" = ublk ] || detach
 	stop_server
 	kernel_news
-	say "takeover memcheck=$result took_s=$took reexec_s=$reexec old_exit=$old_rc swap_kib=$swap_kib available_kib=$avail_kib nbd0_sectors_after=$size"
+	say "$name memcheck=$result took_s=$took reexec_s=$reexec old_exit=$old_rc swap_kib=$swap_kib available_kib=$avail_kib sectors_after=$size kernel_io_errors=$kerr"
 }
 
 # ---- the run -----------------------------------------------------------------
@@ -615,6 +735,28 @@ if has uzram; then
 	say "phase name=uzram_swap seconds=$((SECONDS - T0))"
 fi
 
+if has ublk || has ublkfio || has ublkcli || has ublktakeover; then
+	modprobe ublk_drv || fail "modprobe ublk_drv"
+fi
+if [ -x "$B/ublk.test" ] && [ -c /dev/ublk-control ]; then
+	log "blockdev/ublk tests against the guest's ublk driver:"
+	if (cd /run && "$B/ublk.test" -test.v -test.count=1 2>&1 | sed 's/^/##   /'); then
+		say "ublktests result=PASS"
+	else
+		fail "blockdev/ublk tests"
+	fi
+fi
+
+if has ublk && [ "$SERVER" = uzram ]; then
+	T0=$SECONDS
+	if start_ublk_server; then
+		say "ublk dev=ublkb0 max_sectors_kb=$(cat /sys/block/ublkb0/queue/max_sectors_kb) discard_max_bytes=$(cat /sys/block/ublkb0/queue/discard_max_bytes) logical_block_size=$(cat /sys/block/ublkb0/queue/logical_block_size)"
+		swap_phase ublk ublkb0 "$UBLK_WORKLOAD" || fail "ublk swap phase"
+		stop_server
+	fi
+	say "phase name=ublk_swap seconds=$((SECONDS - T0))"
+fi
+
 echo lz4 >/sys/block/zram0/comp_algorithm
 echo "$DEV_SIZE" >/sys/block/zram0/disksize
 if has zram; then
@@ -635,6 +777,21 @@ if has fio; then
 	say "phase name=fio seconds=$((SECONDS - T0))"
 fi
 
+if has ublkfio && [ "$SERVER" = uzram ]; then
+	T0=$SECONDS
+	if start_ublk_server; then
+		fio_phase ublk ublkb0 mixed
+		stop_server
+	fi
+	say "phase name=ublkfio seconds=$((SECONDS - T0))"
+fi
+
+if has ublkcli && [ "$SERVER" = uzram ]; then
+	T0=$SECONDS
+	ublk_cli_phase
+	say "phase name=ublkcli seconds=$((SECONDS - T0))"
+fi
+
 if has cli && [ "$SERVER" = uzram ]; then
 	T0=$SECONDS
 	cli_phase
@@ -645,6 +802,12 @@ if has takeover && [ "$SERVER" = uzram ]; then
 	T0=$SECONDS
 	takeover_phase
 	say "phase name=takeover seconds=$((SECONDS - T0))"
+fi
+
+if has ublktakeover && [ "$SERVER" = uzram ]; then
+	T0=$SECONDS
+	takeover_phase ublk
+	say "phase name=ublktakeover seconds=$((SECONDS - T0))"
 fi
 
 if has restart && [ "$SERVER" = uzram ]; then

@@ -2,9 +2,10 @@
 # guest-swap.sh: prove uzram on the real kernel path. The host kernel has no
 # nbd module, so this boots Debian's kernel under qemu (TCG; KVM hangs here)
 # with a tiny initramfs that chroots into the host's root over 9p, and runs
-# hack/guest-scenario.sh inside: uzram attached with nbd-client as swap under
-# a workload of twice the guest's RAM, the same on the guest kernel's zram,
-# and fio with verification on both. See DESIGN.md section 7.
+# hack/guest-scenario.sh inside: uzram as swap under a workload larger than
+# the guest's RAM, attached with nbd-client and served through the kernel's
+# ublk driver, the same on the guest kernel's zram, fio with verification on
+# each, the CLI, restarts and takeovers. See docs/guest.md.
 #
 # Environment (all optional):
 #   SERVER=auto|uzram|nbdkit  NBD server in the guest (auto: uzram when
@@ -14,10 +15,16 @@
 #   NBD_FLAGS                 nbd-client flags after -unix SOCK -N uzram0
 #   FIO_SIZE=32M              span of the fio jobs
 #   GUEST_TIMEOUT=1200        seconds before the whole VM is killed
-#   PHASES="uzram zram fio cli restart takeover"  which parts to run (uzram:
-#                             swap on the server; cli: uzram swapon/attach/setup;
-#                             restart: daemon restart with a state file under
-#                             nbd-client; takeover: serve --takeover under swap)
+#   PHASES="uzram ublk zram fio ublkfio cli ublkcli restart takeover ublktakeover"
+#                             which parts to run (uzram: swap on the server over
+#                             NBD; ublk: the same as /dev/ublkb0; zram: the
+#                             guest kernel's zram; fio, ublkfio: fio with
+#                             verification; cli, ublkcli: uzram swapon/attach/
+#                             setup; restart: daemon restart with a state file
+#                             under nbd-client; takeover, ublktakeover: serve
+#                             --takeover and SIGUSR2 under swap). The blockdev/ublk
+#                             tests run whenever the guest has ublk.
+#   UBLK_WORKLOAD             the ublk swap phase's workload (default: WORKLOAD)
 #   TAKEOVER_WORKLOAD=256M, TAKEOVER_MEMMAX=128M  what memcheck holds across the
 #                             takeover, and its memory cgroup's limit (the rest swaps)
 #   UZRAM_FLAGS               extra `uzram serve` flags, e.g. --no-io-flusher
@@ -63,7 +70,7 @@ NBD_FLAGS=${NBD_FLAGS:--b 4096 -connections 2 -t 600 -swap}
 # would not finish; the verdict is what counts, not the IOPS.
 FIO_SIZE=${FIO_SIZE:-32M}
 GUEST_TIMEOUT=${GUEST_TIMEOUT:-1200}
-PHASES=${PHASES:-uzram zram fio cli restart takeover}
+PHASES=${PHASES:-uzram ublk zram fio ublkfio cli ublkcli restart takeover ublktakeover}
 UZRAM_FLAGS=${UZRAM_FLAGS:-}
 SERVER_WRAP=${SERVER_WRAP:-}
 
@@ -98,6 +105,7 @@ mkdir -p "$B"
 export CGO_ENABLED=0
 (cd "$repo" && go build -o "$B/memcheck" ./hack/memcheck)
 (cd "$repo" && go test -c -o "$B/swapsafe.test" ./swapsafe)
+(cd "$repo" && go test -c -o "$B/ublk.test" ./blockdev/ublk)
 if [ "$SERVER" != nbdkit ]; then
 	if [ -f "$repo/main.go" ] && (cd "$repo" && go build -o "$B/uzram" .) &&
 		"$B/uzram" serve --help >/dev/null 2>&1; then
@@ -164,6 +172,7 @@ SERVER_WRAP="$SERVER_WRAP"
 MEMCHECK_TIMEOUT=${MEMCHECK_TIMEOUT:-600}
 PAGE_CLUSTER=${PAGE_CLUSTER:-0}
 TAKEOVER_WORKLOAD=${TAKEOVER_WORKLOAD:-256M}
+UBLK_WORKLOAD=${UBLK_WORKLOAD:-$WORKLOAD}
 TAKEOVER_MEMMAX=${TAKEOVER_MEMMAX:-128M}
 LRU_GEN=${LRU_GEN:-}
 WORKLOAD_GODEBUG=${WORKLOAD_GODEBUG-asyncpreemptoff=1}
@@ -231,6 +240,18 @@ if [ "$SERVER" = uzram ] && [[ " $PHASES " == *" takeover "* ]] && ! grep -q '^@
 	echo "guest-swap: FAIL: swap did not live through serve --takeover"
 	status=1
 fi
+if [ "$SERVER" = uzram ] && [[ " $PHASES " == *" ublk "* ]] && ! grep -q '^@@ summary dev=ublk memcheck=PASS .*refused_writes=0 kernel_io_errors=0' "$console"; then
+	echo "guest-swap: FAIL: swap on /dev/ublkb0 failed, or refused writes, or the kernel logged I/O errors"
+	status=1
+fi
+if [ "$SERVER" = uzram ] && [[ " $PHASES " == *" ublkcli "* ]] && ! grep -q '^@@ ublkcli result=PASS' "$console"; then
+	echo "guest-swap: FAIL: the ublk CLI phase (swapon --ublk, --find --ublk, setup, stop) did not pass"
+	status=1
+fi
+if [ "$SERVER" = uzram ] && [[ " $PHASES " == *" ublktakeover "* ]] && ! grep -q '^@@ ublktakeover memcheck=PASS .*kernel_io_errors=0' "$console"; then
+	echo "guest-swap: FAIL: swap on /dev/ublkb0 did not live through serve --takeover"
+	status=1
+fi
 grep '^@@ fail ' "$console" || true
 
 echo
@@ -244,17 +265,18 @@ awk '
 	/^@@ summary / { kv($0, s); d = s["dev"]; for (k in s) S[d, k] = s[k]; devs[++nd] = d }
 	/^@@ fio / { kv($0, s); d = s["dev"]; for (k in s) S[d, k] = s[k] }
 	END {
-		fmt = "%-22s %-12s %-12s\n"
-		printf fmt, "", "uzram/nbd", "kernel zram"
-		split("memcheck peak_swap_mib ratio stored_mib mem_used_mib trim_freed_pages after_free_mib after_swapoff_mib after_blkdiscard_mib elapsed_s randwrite_verify randwrite_iops verify_read_iops randread_verify randread_iops", keys, " ")
+		fmt = "%-22s %-12s %-12s %-12s\n"
+		printf fmt, "", "uzram/nbd", "uzram/ublk", "kernel zram"
+		split("memcheck peak_swap_mib ratio stored_mib mem_used_mib trim_freed_pages after_free_mib after_swapoff_mib after_blkdiscard_mib refused_writes kernel_io_errors elapsed_s randwrite_verify randwrite_iops verify_read_iops randread_verify randread_iops mixed_verify", keys, " ")
 		for (i = 1; i in keys; i++) {
 			k = keys[i]
 			a = ("uzram", k) in S ? S["uzram", k] : "-"
+			u = ("ublk", k) in S ? S["ublk", k] : "-"
 			b = ("zram", k) in S ? S["zram", k] : "-"
-			printf fmt, k, a, b
+			printf fmt, k, a, u, b
 		}
 	}' "$console"
-grep -E '^@@ (cli|restart|phase) ' "$console" | sed 's/^@@ //' || true
+grep -E '^@@ (cli|ublkcli|restart|takeover|ublktakeover|ublktests|phase) ' "$console" | sed 's/^@@ //' || true
 if [ "$status" = 0 ]; then
 	echo "guest-swap: PASS"
 else
