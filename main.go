@@ -28,11 +28,15 @@ import (
 	"github.com/uzram/uzram/streams"
 	"github.com/uzram/uzram/swapsafe"
 	"github.com/uzram/uzram/swapsetup"
+	"github.com/uzram/uzram/version"
 	"github.com/uzram/uzram/zcomp"
 	"github.com/uzram/uzram/zramctl"
 )
 
 func main() {
+	// -V as zramctl; -v is serve's --verbose.
+	cli.VersionFlag = &cli.BoolFlag{Name: "version", Aliases: []string{"V"}, Usage: "print the version and commit, and the running daemon's"}
+	cli.VersionPrinter = printVersion
 	app := &cli.App{
 		Name:  "uzram",
 		Usage: "compressed RAM block devices served over NBD (userspace zram)",
@@ -40,6 +44,7 @@ func main() {
 			"uzram --find --size 4G [--algorithm zstd]  create a device, print its name\n" +
 			"uzram --reset NAME...                      free devices\n" +
 			"uzram COMMAND [options] [args]             run the daemon, tune a device, attach it, make it swap",
+		Version:  version.Get().String(),
 		Flags:    listFlags(),
 		Action:   listAction,
 		Commands: append([]*cli.Command{serveCommand()}, clientCommands()...),
@@ -50,6 +55,17 @@ func main() {
 	if err := app.Run(os.Args); err != nil {
 		fmt.Fprintf(os.Stderr, "uzram: %v\n", err)
 		os.Exit(1)
+	}
+}
+
+// printVersion is --version: this binary's version and commit, then the
+// daemon's, if one answers on the control socket (after an upgrade, the
+// daemon runs the old binary until `systemctl reload uzram`).
+func printVersion(c *cli.Context) {
+	fmt.Printf("uzram %s\n", version.Get())
+	path, _ := controlFlag(c)
+	if v, err := control.NewClient(path).Version(); err == nil {
+		fmt.Printf("daemon %s (%s)\n", v, path)
 	}
 }
 

@@ -159,6 +159,7 @@ func (e *entry) close() error {
 // then shuts down or hands over (shutDown).
 func Run(ctx context.Context, cfg Config) error {
 	d := newDaemon(cfg)
+	d.log.Info("starting", "version", thisVersion())
 	defer d.closeAll()
 	defer d.startHeapReturn()()    // prefault.go: the Go heap shrinks back after a big TRIM
 	exe, exeErr := os.Executable() // now: an upgrade may replace the file later
@@ -371,7 +372,7 @@ func (d *Daemon) serveUntilStop(ctx context.Context, sigs <-chan os.Signal, exe 
 					d.log.Error("SIGUSR2: not re-executing", "err", err)
 					continue
 				}
-				d.log.Info("SIGUSR2: re-executing in place", "binary", exe)
+				d.log.Info("SIGUSR2: re-executing in place", "binary", exe, "version", thisVersion(), "new_version", fileVersion(exe))
 				return stop{upgrade: true, exe: exe}
 			}
 			if why := d.refuseSignalStop(); why != "" {
