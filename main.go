@@ -670,6 +670,7 @@ func setupCommand() *cli.Command {
 					return err
 				}
 			}
+			var devs []swapsetup.SwapOptions
 			for i, sc := range cfgs {
 				algo := sc.Algorithm
 				if algo == "" {
@@ -680,13 +681,7 @@ func setupCommand() *cli.Command {
 						sc.Name, sizes.Human(size[i]), algo, sc.AlgorithmParams, strings.Join(sc.Recomp, ","), sc.Priority, cmp.Or(sc.Transport, control.TransportNBD))
 					continue
 				}
-				if _, err := cl.Get(sc.Name); err == nil {
-					fmt.Printf("%s exists, left as it is\n", sc.Name)
-					continue
-				} else if !errors.Is(err, control.ErrNotFound) {
-					return err
-				}
-				name, nbd, err := swapsetup.SwapOn(cl, swapsetup.SwapOptions{
+				devs = append(devs, swapsetup.SwapOptions{
 					Create: control.CreateRequest{
 						Name: sc.Name, Size: strconv.FormatInt(size[i], 10), Algorithm: algo,
 						AlgorithmParams: sc.AlgorithmParams, Streams: sc.Streams, MemLimit: sc.MemLimit,
@@ -695,12 +690,9 @@ func setupCommand() *cli.Command {
 					Priority: sc.Priority,
 					Recomp:   sc.Recomp,
 				})
-				if err != nil {
-					return fmt.Errorf("[%s]: %w", sc.Name, err)
-				}
-				fmt.Printf("%s on %s, %s, swap priority %d\n", name, nbd, sizes.Human(size[i]), sc.Priority)
 			}
-			return nil
+			// A failed section undoes the ones before it (swapsetup.SetUp).
+			return swapsetup.SetUp(cl, devs, os.Stdout)
 		},
 	}
 }
