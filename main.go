@@ -34,10 +34,19 @@ import (
 )
 
 func main() {
+	if err := newApp().Run(os.Args); err != nil {
+		fmt.Fprintf(os.Stderr, "uzram: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+// newApp is the whole CLI: its definition is also what the man page
+// (`uzram man`, manpage.go) and shell completion are made from.
+func newApp() *cli.App {
 	// -V as zramctl; -v is serve's --verbose.
 	cli.VersionFlag = &cli.BoolFlag{Name: "version", Aliases: []string{"V"}, Usage: "print the version and commit, and the running daemon's"}
 	cli.VersionPrinter = printVersion
-	app := &cli.App{
+	return &cli.App{
 		Name:  "uzram",
 		Usage: "compressed RAM block devices served over NBD (userspace zram)",
 		UsageText: "uzram [options] [NAME...]                 list devices, as zramctl\n" +
@@ -47,14 +56,15 @@ func main() {
 		Version:  version.Get().String(),
 		Flags:    listFlags(),
 		Action:   listAction,
-		Commands: append([]*cli.Command{serveCommand()}, clientCommands()...),
+		Commands: append(append([]*cli.Command{serveCommand()}, clientCommands()...), manCommand()),
+		// Shell completion asks the binary itself (contrib/completion):
+		// commands and flags from this definition, device names from the
+		// running daemon.
+		EnableBashCompletion: true,
+		BashComplete:         completeRoot,
 		// Every error is one line on stderr (main prints it), never a usage dump.
 		OnUsageError:   usageError,
 		ExitErrHandler: func(c *cli.Context, err error) {},
-	}
-	if err := app.Run(os.Args); err != nil {
-		fmt.Fprintf(os.Stderr, "uzram: %v\n", err)
-		os.Exit(1)
 	}
 }
 
@@ -329,7 +339,7 @@ func client(c *cli.Context) *control.Client {
 func listFlags() []cli.Flag {
 	return []cli.Flag{
 		&cli.StringFlag{Name: "control", Value: control.DefaultSocket, EnvVars: []string{"UZRAM_CONTROL"}, Usage: "the daemon's control socket"},
-		&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Usage: "columns to print, comma-separated; +LIST adds to the defaults (" + strings.Join(zramctl.AllColumns(), ",") + ")"},
+		&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Usage: "columns to print, comma-separated; +LIST adds to the defaults (" + strings.Join(zramctl.AllColumns(), ", ") + ")"},
 		&cli.BoolFlag{Name: "output-all", Usage: "print every column"},
 		&cli.BoolFlag{Name: "raw", Usage: "raw output: no alignment"},
 		&cli.BoolFlag{Name: "bytes", Aliases: []string{"b"}, Usage: "sizes in bytes rather than 1.2G"},
@@ -434,7 +444,7 @@ func knobCommand(k knob.Knob) *cli.Command {
 		nargs = 0
 	}
 	cmd := &cli.Command{
-		Name: name, Usage: k.Usage, ArgsUsage: "NAME " + k.ArgsUsage, OnUsageError: usageError,
+		Name: name, Usage: k.Usage, ArgsUsage: "NAME " + k.ArgsUsage, OnUsageError: usageError, BashComplete: completeDevice,
 		Action: func(c *cli.Context) error {
 			args := c.Args().Slice()
 			if len(args) < 1+nargs {
@@ -505,7 +515,7 @@ func statUsage(file string) string {
 
 func statCommand(file string) *cli.Command {
 	return &cli.Command{
-		Name: strings.ReplaceAll(file, "_", "-"), Usage: statUsage(file), ArgsUsage: "NAME", OnUsageError: usageError,
+		Name: strings.ReplaceAll(file, "_", "-"), Usage: statUsage(file), ArgsUsage: "NAME", OnUsageError: usageError, BashComplete: completeDevice,
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 1 {
 				return fmt.Errorf("%s needs one device NAME", c.Command.Name)
@@ -549,8 +559,8 @@ func stopCommand() *cli.Command {
 func attachCommand() *cli.Command {
 	return &cli.Command{
 		Name: "attach", Usage: "attach a device to /dev/nbdN with nbd-client and print the node", ArgsUsage: "NAME [/dev/nbdN]",
-		OnUsageError: usageError,
-		Flags:        []cli.Flag{&cli.BoolFlag{Name: "swap", Usage: "attach for swap (nbd-client -swap)"}},
+		OnUsageError: usageError, BashComplete: completeDevice,
+		Flags: []cli.Flag{&cli.BoolFlag{Name: "swap", Usage: "attach for swap (nbd-client -swap)"}},
 		Action: func(c *cli.Context) error {
 			if c.NArg() < 1 || c.NArg() > 2 {
 				return fmt.Errorf("attach needs NAME and optionally /dev/nbdN")
@@ -568,7 +578,7 @@ func attachCommand() *cli.Command {
 func detachCommand() *cli.Command {
 	return &cli.Command{
 		Name: "detach", Usage: "disconnect a device from its /dev/nbdN (nbd-client -d)", ArgsUsage: "NAME|/dev/nbdN",
-		OnUsageError: usageError,
+		OnUsageError: usageError, BashComplete: completeDevice,
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 1 {
 				return fmt.Errorf("detach needs NAME or /dev/nbdN")
@@ -624,6 +634,7 @@ func swaponCommand() *cli.Command {
 func swapoffCommand() *cli.Command {
 	return &cli.Command{
 		Name: "swapoff", Usage: "swapoff, detach and free a device made by swapon", ArgsUsage: "NAME", OnUsageError: usageError,
+		BashComplete: completeDevice,
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 1 {
 				return fmt.Errorf("swapoff needs one device NAME")
