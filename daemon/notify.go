@@ -20,13 +20,18 @@ import (
 	"github.com/uzram/uzram/sizes"
 )
 
-// statusEvery is how often STATUS= is refreshed (when it changed).
-const statusEvery = 10 * time.Second
+// STATUS= is checked every statusCheck and sent at once when the devices
+// or their nodes changed, else at most every statusEvery when only the
+// figures did.
+const (
+	statusCheck = time.Second
+	statusEvery = 10 * time.Second
+)
 
-// startNotify sends READY=1 with the first STATUS=, then refreshes the
-// status and feeds the watchdog until the returned function is called.
+// startNotify sends READY=1 with the first STATUS=, then keeps the status
+// current and feeds the watchdog until the returned function is called.
 func (d *Daemon) startNotify() (stop func()) {
-	status := d.statusLine()
+	devs, status := d.statusLine()
 	sent, err := sdnotify.Notify(sdnotify.Ready + "\nSTATUS=" + status)
 	if err != nil {
 		d.log.Warn("cannot tell the service manager the daemon is ready", "err", err)
@@ -38,9 +43,9 @@ func (d *Daemon) startNotify() (stop func()) {
 	if err != nil {
 		d.log.Warn("no watchdog pings", "err", err)
 	}
-	every := statusEvery
+	every := statusCheck
 	if wd > 0 {
-		// Twice per interval, as sd_watchdog_enabled(3) advises.
+		// At least twice per interval, as sd_watchdog_enabled(3) advises.
 		every = min(every, wd/2)
 		d.log.Info("service manager watchdog", "interval", wd)
 	}
@@ -49,6 +54,7 @@ func (d *Daemon) startNotify() (stop func()) {
 		defer close(done)
 		t := time.NewTicker(every)
 		defer t.Stop()
+		last, lastPing := time.Now(), time.Now()
 		for {
 			select {
 			case <-quit:
@@ -57,15 +63,18 @@ func (d *Daemon) startNotify() (stop func()) {
 			}
 			// statusLine takes the daemon's lock: a daemon stuck holding it
 			// stops feeding the watchdog, and the manager restarts it.
-			msg := ""
-			if s := d.statusLine(); s != status {
-				status, msg = s, "STATUS="+s
+			nowDevs, nowStatus := d.statusLine()
+			var msg []string
+			if nowStatus != status && (nowDevs != devs || time.Since(last) >= statusEvery) {
+				devs, status, last = nowDevs, nowStatus, time.Now()
+				msg = append(msg, "STATUS="+status)
 			}
-			if wd > 0 {
-				msg = strings.TrimPrefix(msg+"\n"+sdnotify.Watchdog, "\n")
+			if wd > 0 && time.Since(lastPing) >= wd/2-every/2 {
+				msg = append(msg, sdnotify.Watchdog)
+				lastPing = time.Now()
 			}
-			if msg != "" {
-				if _, err := sdnotify.Notify(msg); err != nil {
+			if len(msg) > 0 {
+				if _, err := sdnotify.Notify(strings.Join(msg, "\n")); err != nil {
 					d.log.Warn("service manager notification", "err", err)
 				}
 			}
@@ -92,7 +101,8 @@ func (d *Daemon) notifyStop(st stop) {
 // statusLine is STATUS=: the devices, where each is attached, what they
 // store and in how much memory, and the daemon's resident memory:
 // "2 devices: uzram0 on /dev/nbd0, uzram1; 1.2G stored in 310M (ratio 3.96); rss 350M".
-func (d *Daemon) statusLine() string {
+// devs is its first part, the devices and their nodes.
+func (d *Daemon) statusLine() (devs, line string) {
 	d.mu.Lock()
 	var names []string
 	var orig, used int64
@@ -110,15 +120,16 @@ func (d *Daemon) statusLine() string {
 		used += s.MemUsedTotal
 	}
 	d.mu.Unlock()
-	var b strings.Builder
 	switch len(names) {
 	case 0:
-		b.WriteString("no device")
+		devs = "no device"
 	case 1:
-		b.WriteString("1 device: " + names[0])
+		devs = "1 device: " + names[0]
 	default:
-		fmt.Fprintf(&b, "%d devices: %s", len(names), strings.Join(names, ", "))
+		devs = fmt.Sprintf("%d devices: %s", len(names), strings.Join(names, ", "))
 	}
+	var b strings.Builder
+	b.WriteString(devs)
 	if len(names) > 0 {
 		fmt.Fprintf(&b, "; %s stored in %s", sizes.Human(orig), sizes.Human(used))
 		if used > 0 {
@@ -128,7 +139,7 @@ func (d *Daemon) statusLine() string {
 	if rss := residentBytes(); rss > 0 {
 		b.WriteString("; rss " + sizes.Human(rss))
 	}
-	return b.String()
+	return devs, b.String()
 }
 
 // residentBytes is the process's resident memory (/proc/self/statm), or 0.

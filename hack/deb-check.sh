@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # deb-check.sh DEB: install a uzram .deb (hack/deb.sh) on a Debian system
-# and use it, as an admin would: dpkg -i, then the units' own commands by
-# hand (no systemd runs there), swap from /etc/uzram.conf, `uzram swapon
-# --size 256M`, man uzram, completion, then removal and purge. The host's
-# kernel has no nbd module, so this boots Debian's kernel under qemu (as
-# hack/guest-swap.sh does, with its /init, hack/guest-init.sh) and installs
-# the package into an overlay of the host's root: a fresh writable layer
-# over the read-only 9p root, which takes the package's files and dpkg's
-# database; the host sees none of it.
+# and use it, as an admin would: dpkg -i, then under systemd `systemctl
+# start uzram uzram-swap`, swap from /etc/uzram.conf listed by uzram,
+# `uzram swapon --size 256M`, a reload, man uzram, completion, systemctl
+# stop, removal and purge. The host's kernel has no nbd module, so this
+# boots Debian's kernel under qemu (as hack/guest-swap.sh does) on an
+# overlay of the host's root: a fresh writable layer over the read-only 9p
+# root, which takes the package's files and dpkg's database, the host seeing
+# none of it (hack/deb-check-init.sh); systemd then boots from that root
+# into the check alone (hack/deb-check-guest.sh).
 #
 # Environment (all optional):
 #   GUEST_MEM_MIB=512, GUEST_TIMEOUT=300, KERNEL=/boot/vmlinuz-...
@@ -42,13 +43,13 @@ trap 'rm -rf "$B"' EXIT
 ird=$B/initramfs
 mkdir -p "$ird"/{bin,dev,proc,sys,mnt,modules}
 cp /bin/busybox "$ird/bin/busybox"
-cp "$here/guest-init.sh" "$ird/init"
+cp "$here/deb-check-init.sh" "$ird/init"
 chmod 755 "$ird/init"
 for m in virtio/virtio_ring virtio/virtio virtio/virtio_pci_legacy_dev virtio/virtio_pci_modern_dev virtio/virtio_pci; do
 	cp "$mods/kernel/drivers/$m.ko" "$ird/modules/"
 done
 cp "$mods/kernel/fs/netfs/netfs.ko" "$mods/kernel/fs/fscache/fscache.ko" "$mods/kernel/fs/9p/9p.ko" \
-	"$mods/kernel/net/9p/9pnet.ko" "$mods/kernel/net/9p/9pnet_virtio.ko" "$ird/modules/"
+	"$mods/kernel/net/9p/9pnet.ko" "$mods/kernel/net/9p/9pnet_virtio.ko" "$mods/kernel/fs/overlayfs/overlay.ko" "$ird/modules/"
 (cd "$ird" && find . | cpio -o -H newc --quiet | gzip -1) >"$B/initrd.gz"
 printf 'DEB=%q\n' "$deb" >"$B/guest.env"
 
@@ -66,7 +67,7 @@ if [ "$qrc" = 124 ] || [ "$qrc" = 137 ]; then
 	echo "deb-check: FAIL: the guest did not finish within ${GUEST_TIMEOUT}s"
 	exit 1
 fi
-if grep -q '^@@ deb result=PASS' "$console" && grep -q '^@@ guest-exit rc=0' "$console"; then
+if grep -q '^@@ deb install=PASS' "$console" && grep -q '^@@ deb result=PASS' "$console" && grep -q '^@@ guest-exit rc=0' "$console"; then
 	echo "deb-check: PASS"
 	exit 0
 fi

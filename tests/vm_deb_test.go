@@ -13,16 +13,19 @@ import (
 // TestDebPackage builds the Debian package with hack/deb.sh (dpkg-deb from a
 // staged tree, lintian with the package's justified overrides only), checks
 // its control fields and files, then installs it on a Debian system and
-// uses it (hack/deb-check.sh): in a qemu guest running Debian's kernel, over
+// uses it (hack/deb-check.sh): in a qemu guest running Debian's kernel, on
 // an overlay of this machine's root, dpkg -i enables the units and starts
-// nothing; the units' own commands, run by hand, give a daemon and swap from
-// /etc/uzram.conf that `uzram` lists; `uzram swapon --size 256M` works; man
-// uzram and completion work; dpkg -r and -P clean up. The guest part needs
-// what TestGuestSwap needs and is skipped without it; the file sorts just
-// before vm_test.go, so the two guests never run at once.
+// nothing; then systemd boots on that root, and `systemctl start uzram
+// uzram-swap` gives a daemon (Type=notify, with a STATUS=) and swap from
+// /etc/uzram.conf that `uzram` lists; `uzram swapon --size 256M` works; a
+// reload re-executes the daemon with its PID and swap kept; man uzram and
+// completion work; systemctl stop swaps off and stops cleanly; dpkg -r and
+// -P clean up. The guest part needs what TestGuestSwap needs and is skipped
+// without it; the file sorts just before vm_test.go, so the two guests
+// never run at once.
 func TestDebPackage(t *testing.T) {
 	if testing.Short() {
-		t.Skip("building and installing the package takes 2 to 3 minutes; skipped with -short")
+		t.Skip("building and installing the package takes about 3 minutes; skipped with -short")
 	}
 	need(t, "dpkg-deb", "lintian")
 	repo, err := filepath.Abs("..")
