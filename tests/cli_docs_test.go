@@ -118,3 +118,32 @@ func TestCompletion(t *testing.T) {
 		}
 	}
 }
+
+// binaryVersion is the version line of the binary under test, as uzram
+// --version prints it after "uzram ".
+func binaryVersion(t *testing.T) string {
+	t.Helper()
+	first, _, _ := strings.Cut(cliOK(t, nil, "--version"), "\n")
+	v, ok := strings.CutPrefix(first, "uzram ")
+	if !ok || !strings.Contains(v, " commit ") {
+		t.Fatalf("uzram --version printed %q, want uzram VERSION commit COMMIT ...", first)
+	}
+	return v
+}
+
+// TestVersion: uzram --version (and -V) prints this binary's version and
+// commit, then the running daemon's, which GET /v1/version reports.
+func TestVersion(t *testing.T) {
+	v := binaryVersion(t)
+	if out := cliOK(t, nil, "-V", "--control", filepath.Join(t.TempDir(), "none.sock")); out != "uzram "+v+"\n" {
+		t.Errorf("uzram -V with no daemon: %q", out)
+	}
+	s := startServer(t, "--size", "4M")
+	want := "uzram " + v + "\ndaemon " + v + " (" + s.control() + ")\n"
+	if out := cliOK(t, s, "--version"); out != want {
+		t.Errorf("uzram --version with a daemon: %q, want %q", out, want)
+	}
+	if !strings.Contains(s.stderr(), `msg=starting version="`+v+`"`) {
+		t.Errorf("the daemon does not log its version at start: %s", s.stderr())
+	}
+}
