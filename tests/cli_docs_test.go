@@ -117,6 +117,26 @@ func TestCompletion(t *testing.T) {
 			t.Errorf("bash completion of %s: %q, %v; want %q", c.line, out, err, c.want)
 		}
 	}
+
+	// The zsh script, with zsh's completion builtins stubbed to print what
+	// they are given (zsh filters by the typed prefix itself).
+	need(t, "zsh")
+	script, _ = filepath.Abs("../contrib/completion/uzram.zsh")
+	for _, c := range []struct {
+		words string
+		want  []string
+	}{
+		{`words=(uzram swapoff ""); CURRENT=3`, []string{"swapdev"}},
+		{`words=(uzram swapon --pri); CURRENT=3`, []string{"--priority"}},
+	} {
+		cmd := exec.Command("zsh", "-f", "-c", `compadd() { [[ $1 == -a ]] && print -l -- "${(@P)2}"; }; _files() { print FILES; }; `+
+			c.words+"; source "+script)
+		cmd.Env = append(os.Environ(), "PATH="+filepath.Dir(uzramBin)+":"+os.Getenv("PATH"), "UZRAM_CONTROL="+s.control())
+		out, err := cmd.CombinedOutput()
+		if got := strings.Fields(string(out)); err != nil || !slices.Equal(got, c.want) {
+			t.Errorf("zsh completion of %s: %q, %v; want %v", c.words, out, err, c.want)
+		}
+	}
 }
 
 // binaryVersion is the version line of the binary under test, as uzram
