@@ -28,28 +28,54 @@ import (
 	"github.com/uzram/uzram/streams"
 	"github.com/uzram/uzram/swapsafe"
 	"github.com/uzram/uzram/swapsetup"
+	"github.com/uzram/uzram/version"
 	"github.com/uzram/uzram/zcomp"
 	"github.com/uzram/uzram/zramctl"
 )
 
 func main() {
-	app := &cli.App{
+	if err := newApp().Run(os.Args); err != nil {
+		fmt.Fprintf(os.Stderr, "uzram: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+// newApp is the whole CLI: its definition is also what the man page
+// (`uzram man`, manpage.go) and shell completion are made from.
+func newApp() *cli.App {
+	// -V as zramctl; -v is serve's --verbose.
+	cli.VersionFlag = &cli.BoolFlag{Name: "version", Aliases: []string{"V"}, Usage: "print the version and commit, and the running daemon's"}
+	cli.VersionPrinter = printVersion
+	return &cli.App{
 		Name:  "uzram",
 		Usage: "compressed RAM block devices served over NBD (userspace zram)",
 		UsageText: "uzram [options] [NAME...]                 list devices, as zramctl\n" +
 			"uzram --find --size 4G [--algorithm zstd]  create a device, print its name\n" +
 			"uzram --reset NAME...                      free devices\n" +
 			"uzram COMMAND [options] [args]             run the daemon, tune a device, attach it, make it swap",
+		Version:  version.Get().String(),
 		Flags:    listFlags(),
 		Action:   listAction,
-		Commands: append([]*cli.Command{serveCommand()}, clientCommands()...),
+		Commands: append(append([]*cli.Command{serveCommand()}, clientCommands()...), manCommand()),
+		// Shell completion asks the binary itself (contrib/completion):
+		// commands and flags from this definition, device names from the
+		// running daemon.
+		EnableBashCompletion: true,
+		BashComplete:         completeRoot,
 		// Every error is one line on stderr (main prints it), never a usage dump.
 		OnUsageError:   usageError,
 		ExitErrHandler: func(c *cli.Context, err error) {},
 	}
-	if err := app.Run(os.Args); err != nil {
-		fmt.Fprintf(os.Stderr, "uzram: %v\n", err)
-		os.Exit(1)
+}
+
+// printVersion is --version: this binary's version and commit, then the
+// daemon's, if one answers on the control socket (after an upgrade, the
+// daemon runs the old binary until `systemctl reload uzram`).
+func printVersion(c *cli.Context) {
+	fmt.Printf("uzram %s\n", version.Get())
+	path, _ := controlFlag(c)
+	if v, err := control.NewClient(path).Version(); err == nil {
+		fmt.Printf("daemon %s (%s)\n", v, path)
 	}
 }
 
@@ -313,7 +339,7 @@ func client(c *cli.Context) *control.Client {
 func listFlags() []cli.Flag {
 	return []cli.Flag{
 		&cli.StringFlag{Name: "control", Value: control.DefaultSocket, EnvVars: []string{"UZRAM_CONTROL"}, Usage: "the daemon's control socket"},
-		&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Usage: "columns to print, comma-separated; +LIST adds to the defaults (" + strings.Join(zramctl.AllColumns(), ",") + ")"},
+		&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Usage: "columns to print, comma-separated; +LIST adds to the defaults (" + strings.Join(zramctl.AllColumns(), ", ") + ")"},
 		&cli.BoolFlag{Name: "output-all", Usage: "print every column"},
 		&cli.BoolFlag{Name: "raw", Usage: "raw output: no alignment"},
 		&cli.BoolFlag{Name: "bytes", Aliases: []string{"b"}, Usage: "sizes in bytes rather than 1.2G"},
@@ -418,7 +444,7 @@ func knobCommand(k knob.Knob) *cli.Command {
 		nargs = 0
 	}
 	cmd := &cli.Command{
-		Name: name, Usage: k.Usage, ArgsUsage: "NAME " + k.ArgsUsage, OnUsageError: usageError,
+		Name: name, Usage: k.Usage, ArgsUsage: "NAME " + k.ArgsUsage, OnUsageError: usageError, BashComplete: completeDevice,
 		Action: func(c *cli.Context) error {
 			args := c.Args().Slice()
 			if len(args) < 1+nargs {
@@ -489,7 +515,7 @@ func statUsage(file string) string {
 
 func statCommand(file string) *cli.Command {
 	return &cli.Command{
-		Name: strings.ReplaceAll(file, "_", "-"), Usage: statUsage(file), ArgsUsage: "NAME", OnUsageError: usageError,
+		Name: strings.ReplaceAll(file, "_", "-"), Usage: statUsage(file), ArgsUsage: "NAME", OnUsageError: usageError, BashComplete: completeDevice,
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 1 {
 				return fmt.Errorf("%s needs one device NAME", c.Command.Name)
@@ -533,8 +559,8 @@ func stopCommand() *cli.Command {
 func attachCommand() *cli.Command {
 	return &cli.Command{
 		Name: "attach", Usage: "attach a device to /dev/nbdN with nbd-client and print the node", ArgsUsage: "NAME [/dev/nbdN]",
-		OnUsageError: usageError,
-		Flags:        []cli.Flag{&cli.BoolFlag{Name: "swap", Usage: "attach for swap (nbd-client -swap)"}},
+		OnUsageError: usageError, BashComplete: completeDevice,
+		Flags: []cli.Flag{&cli.BoolFlag{Name: "swap", Usage: "attach for swap (nbd-client -swap)"}},
 		Action: func(c *cli.Context) error {
 			if c.NArg() < 1 || c.NArg() > 2 {
 				return fmt.Errorf("attach needs NAME and optionally /dev/nbdN")
@@ -552,7 +578,7 @@ func attachCommand() *cli.Command {
 func detachCommand() *cli.Command {
 	return &cli.Command{
 		Name: "detach", Usage: "disconnect a device from its /dev/nbdN (nbd-client -d)", ArgsUsage: "NAME|/dev/nbdN",
-		OnUsageError: usageError,
+		OnUsageError: usageError, BashComplete: completeDevice,
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 1 {
 				return fmt.Errorf("detach needs NAME or /dev/nbdN")
@@ -608,6 +634,7 @@ func swaponCommand() *cli.Command {
 func swapoffCommand() *cli.Command {
 	return &cli.Command{
 		Name: "swapoff", Usage: "swapoff, detach and free a device made by swapon", ArgsUsage: "NAME", OnUsageError: usageError,
+		BashComplete: completeDevice,
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 1 {
 				return fmt.Errorf("swapoff needs one device NAME")
@@ -654,6 +681,7 @@ func setupCommand() *cli.Command {
 					return err
 				}
 			}
+			var devs []swapsetup.SwapOptions
 			for i, sc := range cfgs {
 				algo := sc.Algorithm
 				if algo == "" {
@@ -664,13 +692,7 @@ func setupCommand() *cli.Command {
 						sc.Name, sizes.Human(size[i]), algo, sc.AlgorithmParams, strings.Join(sc.Recomp, ","), sc.Priority, cmp.Or(sc.Transport, control.TransportNBD))
 					continue
 				}
-				if _, err := cl.Get(sc.Name); err == nil {
-					fmt.Printf("%s exists, left as it is\n", sc.Name)
-					continue
-				} else if !errors.Is(err, control.ErrNotFound) {
-					return err
-				}
-				name, nbd, err := swapsetup.SwapOn(cl, swapsetup.SwapOptions{
+				devs = append(devs, swapsetup.SwapOptions{
 					Create: control.CreateRequest{
 						Name: sc.Name, Size: strconv.FormatInt(size[i], 10), Algorithm: algo,
 						AlgorithmParams: sc.AlgorithmParams, Streams: sc.Streams, MemLimit: sc.MemLimit,
@@ -679,12 +701,9 @@ func setupCommand() *cli.Command {
 					Priority: sc.Priority,
 					Recomp:   sc.Recomp,
 				})
-				if err != nil {
-					return fmt.Errorf("[%s]: %w", sc.Name, err)
-				}
-				fmt.Printf("%s on %s, %s, swap priority %d\n", name, nbd, sizes.Human(size[i]), sc.Priority)
 			}
-			return nil
+			// A failed section undoes the ones before it (swapsetup.SetUp).
+			return swapsetup.SetUp(cl, devs, os.Stdout)
 		},
 	}
 }

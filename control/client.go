@@ -14,6 +14,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/uzram/uzram/version"
 )
 
 // ErrNoDaemon means nothing answers on the control socket.
@@ -161,4 +163,12 @@ func (c *Client) SetAttachment(name, nbd string) error {
 // Stop asks the daemon to shut down (StopRequest).
 func (c *Client) Stop(force bool) error {
 	return c.do(http.MethodPost, stopPath, StopRequest{Force: force}, nil)
+}
+
+// Version asks the daemon which uzram it runs: after an upgrade, a daemon
+// not yet re-executed (systemctl reload uzram) still reports the old one.
+func (c *Client) Version() (version.Info, error) {
+	var v version.Info
+	err := c.do(http.MethodGet, versionPath, nil, &v)
+	return v, err
 }

@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/uzram/uzram/version"
 )
 
 // fakeManager answers the API from a map, to test the wire without a daemon.
@@ -122,6 +124,9 @@ func TestControlRoundTrip(t *testing.T) {
 	}
 	if err := c.Remove("a"); err != nil {
 		t.Fatal(err)
+	}
+	if v, err := c.Version(); err != nil || v != version.Get() {
+		t.Fatalf("Version = %+v, %v; want this binary's %+v", v, err, version.Get())
 	}
 }
 

@@ -9,6 +9,8 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+
+	"github.com/uzram/uzram/version"
 )
 
 // Manager is what the daemon does for the API. Errors should wrap (or be
@@ -41,9 +43,13 @@ type Manager interface {
 //	PUT    /v1/devices/{name}/{knob}       write a knob (KnobRequest)
 //	PUT    /v1/devices/{name}/attachment   record /dev/nbdN (AttachRequest)
 //	POST   /v1/stop                        stop the daemon (StopRequest; 409 while a ublk node is in use)
+//	GET    /v1/version                     the daemon's version and commit (version.Info)
 const apiPrefix = "/v1/devices"
 
-const stopPath = "/v1/stop"
+const (
+	stopPath    = "/v1/stop"
+	versionPath = "/v1/version"
+)
 
 // maxBody bounds request bodies: every request is a line of text or two.
 const maxBody = 64 << 10
@@ -65,6 +71,9 @@ func Handler(m Manager) http.Handler {
 			return
 		}
 		writeJSON(w, http.StatusCreated, d)
+	})
+	mux.HandleFunc("GET "+versionPath, func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, version.Get())
 	})
 	mux.HandleFunc("POST "+stopPath, func(w http.ResponseWriter, r *http.Request) {
 		var req StopRequest

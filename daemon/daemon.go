@@ -159,6 +159,7 @@ func (e *entry) close() error {
 // then shuts down or hands over (shutDown).
 func Run(ctx context.Context, cfg Config) error {
 	d := newDaemon(cfg)
+	d.log.Info("starting", "version", thisVersion())
 	defer d.closeAll()
 	defer d.startHeapReturn()()    // prefault.go: the Go heap shrinks back after a big TRIM
 	exe, exeErr := os.Executable() // now: an upgrade may replace the file later
@@ -170,6 +171,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if d.cfg.Ready != nil {
 		d.cfg.Ready()
 	}
+	defer d.startNotify()() // notify.go: READY=1, STATUS=, WATCHDOG=1 under systemd
 	// Caught until Run returns: a second SIGTERM must not kill a draining daemon.
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGUSR1, syscall.SIGUSR2)
@@ -371,7 +373,7 @@ func (d *Daemon) serveUntilStop(ctx context.Context, sigs <-chan os.Signal, exe 
 					d.log.Error("SIGUSR2: not re-executing", "err", err)
 					continue
 				}
-				d.log.Info("SIGUSR2: re-executing in place", "binary", exe)
+				d.log.Info("SIGUSR2: re-executing in place", "binary", exe, "version", thisVersion(), "new_version", fileVersion(exe))
 				return stop{upgrade: true, exe: exe}
 			}
 			if why := d.refuseSignalStop(); why != "" {
@@ -395,6 +397,7 @@ func (d *Daemon) serveUntilStop(ctx context.Context, sigs <-chan os.Signal, exe 
 // (to a successor, or to a new image of the binary) or drains every
 // connection, saves the state file and prints the stats.
 func (d *Daemon) shutDown(ls *listeners, st stop) error {
+	d.notifyStop(st) // notify.go: STOPPING=1, or RELOADING=1 before a re-exec
 	// Stop taking control requests first, so no device appears or goes while
 	// the NBD server drains.
 	sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)

@@ -63,7 +63,8 @@ const (
 // each device its listener (if Socket) and its state (a memfd), then the
 // TCP listener (if Listen), then Conns.
 type handoverManifest struct {
-	PID     int            `json:"pid"` // the old daemon, which exits once acknowledged
+	PID     int            `json:"pid"`               // the old daemon, which exits once acknowledged
+	Version string         `json:"version,omitempty"` // the old daemon's (version.Info's line), for the log
 	Devices []handedDevice `json:"devices"`
 	Listen  string         `json:"listen,omitempty"`
 	Conns   []handedConn   `json:"conns"`
@@ -98,12 +99,13 @@ type handoverRequest struct {
 	Device   string `json:"device"`
 	Socket   string `json:"socket"`
 	Listen   string `json:"listen"`
-	Ublk     bool   `json:"ublk"` // the first device is served as /dev/ublkbN
+	Ublk     bool   `json:"ublk"`              // the first device is served as /dev/ublkbN
+	Version  string `json:"version,omitempty"` // the successor's (version.Info's line), for the log
 }
 
 // requestFor is what a daemon configured as cfg serves, as a handoverRequest.
 func requestFor(cfg Config) handoverRequest {
-	return handoverRequest{NoDevice: cfg.NoDevice, Device: cfg.Device.Name, Socket: cfg.Socket, Listen: cfg.Listen, Ublk: cfg.Ublk != nil}
+	return handoverRequest{NoDevice: cfg.NoDevice, Device: cfg.Device.Name, Socket: cfg.Socket, Listen: cfg.Listen, Ublk: cfg.Ublk != nil, Version: thisVersion()}
 }
 
 // canHandOver says why this daemon cannot hand over to a successor started
@@ -163,6 +165,7 @@ func (d *Daemon) handoverHandler(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, err.Error(), http.StatusConflict)
 		return
 	}
+	d.log.Info("takeover asked", "version", thisVersion(), "successor_version", req.Version)
 	hj, ok := w.(http.Hijacker)
 	if !ok {
 		http.Error(w, "handover needs a raw connection", http.StatusInternalServerError)
@@ -216,7 +219,7 @@ func (d *Daemon) handOver(ctx context.Context, tcp net.Listener, send func(m han
 	if err != nil {
 		return err
 	}
-	m := handoverManifest{PID: os.Getpid()}
+	m := handoverManifest{PID: os.Getpid(), Version: thisVersion()}
 	var files []*os.File
 	defer func() {
 		for _, f := range files {
@@ -550,7 +553,8 @@ func (d *Daemon) restoreHandover(t *takeover) (first *entry, tcp net.Listener, e
 	if err != nil {
 		d.log.Warn("takeover: connections dropped", "err", err)
 	}
-	d.log.Info("took over", "devices", len(devs), "connections", n, "took", time.Since(start).Round(time.Millisecond))
+	d.log.Info("took over", "devices", len(devs), "connections", n, "took", time.Since(start).Round(time.Millisecond),
+		"version", thisVersion(), "predecessor_version", t.m.Version)
 	return first, tcp, nil
 }
 

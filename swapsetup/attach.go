@@ -209,31 +209,37 @@ type SwapOptions struct {
 // SwapOn creates a device, sets its recompression algorithms, attaches it
 // (a ublk device is its own /dev/ublkbN), makes it swap and turns it on
 // with discard, so swap's frees reach the device. It returns the device's
-// name and node. If a step fails, the steps before it are undone: nothing
-// changed.
-func SwapOn(c *control.Client, o SwapOptions) (name, node string, err error) {
+// name and node. If a step fails, the steps before it are undone (detach,
+// reset) and the error says so: nothing is left behind.
+func SwapOn(c *control.Client, o SwapOptions) (string, string, error) {
 	d, err := c.Create(o.Create)
 	if err != nil {
 		return "", "", err
 	}
-	name = d.Name
-	var undo []func()
-	undo = append(undo, func() { RemoveWhenFree(c, name) })
-	defer func() {
-		if err != nil {
-			for i := len(undo) - 1; i >= 0; i-- {
-				undo[i]()
+	// What was done so far, undone in reverse if a later step fails. The
+	// closures hold their own copies of the name and node.
+	name, node := d.Name, ""
+	undo := []func() error{func() error { return RemoveWhenFree(c, name) }}
+	fail := func(err error) (string, string, error) {
+		var undoErrs []error
+		for i := len(undo) - 1; i >= 0; i-- {
+			if uerr := undo[i](); uerr != nil {
+				undoErrs = append(undoErrs, uerr)
 			}
 		}
-	}()
+		if len(undoErrs) > 0 {
+			return "", "", fmt.Errorf("%w; undoing it failed too, %s is left: %w", err, name, errors.Join(undoErrs...))
+		}
+		return "", "", fmt.Errorf("%w (%s undone)", err, name)
+	}
 	for i, r := range o.Recomp {
 		algo, params, _ := strings.Cut(strings.TrimSpace(r), " ")
 		if _, err = c.SetKnob(name, "recomp_algorithm", fmt.Sprintf("algo=%s priority=%d", algo, i+1)); err != nil {
-			return "", "", err
+			return fail(err)
 		}
 		if params = strings.TrimSpace(params); params != "" {
 			if _, err = c.SetKnob(name, "algorithm_params", fmt.Sprintf("priority=%d %s", i+1, params)); err != nil {
-				return "", "", err
+				return fail(err)
 			}
 		}
 	}
@@ -242,19 +248,20 @@ func SwapOn(c *control.Client, o SwapOptions) (name, node string, err error) {
 		noWBT(node)
 	} else {
 		if node, err = Attach(c, name, "", true); err != nil {
-			return "", "", err
+			return fail(err)
 		}
-		undo = append(undo, func() { Detach(c, node) })
+		attached := node
+		undo = append(undo, func() error { _, _, err := Detach(c, attached); return err })
 	}
 	if err = runTool("mkswap", node); err != nil {
-		return "", "", err
+		return fail(err)
 	}
 	args := []string{"--discard=pages"}
 	if o.Priority >= 0 {
 		args = append(args, "-p", strconv.Itoa(o.Priority))
 	}
 	if err = runTool("swapon", append(args, node)...); err != nil {
-		return "", "", err
+		return fail(err)
 	}
 	return name, node, nil
 }

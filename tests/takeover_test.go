@@ -161,6 +161,11 @@ func TestTakeoverKeepsConnections(t *testing.T) {
 	if !strings.Contains(old.stderr(), "handed over") || !strings.Contains(old.stderr(), "connections=1") {
 		t.Errorf("old daemon's log lacks the handover of 1 connection: %s", old.stderr())
 	}
+	// Each side logs the other's version: an upgrade shows as old -> new.
+	v := binaryVersion(t)
+	if !strings.Contains(old.stderr(), `successor_version="`+v+`"`) || !strings.Contains(succ.stderr(), `predecessor_version="`+v+`"`) {
+		t.Errorf("the takeover's logs lack the other side's version %q:\nold: %s\nnew: %s", v, old.stderr(), succ.stderr())
+	}
 	l.carried(succ.Socket, succ.Name)
 	if out := cliOK(t, succ); !strings.Contains(out, succ.Name) {
 		t.Errorf("control API after the takeover lists: %s", out)
@@ -320,6 +325,11 @@ func TestReexecKeepsConnections(t *testing.T) {
 	}
 	if !strings.Contains(s.stderr(), "re-executing in place") || !strings.Contains(s.stderr(), "devices=1 connections=1") {
 		t.Errorf("no re-exec with 1 device and 1 connection in the log: %s", s.stderr())
+	}
+	// The old image names the binary it is about to run, by its build
+	// information, and the new one its predecessor.
+	if v := binaryVersion(t); !strings.Contains(s.stderr(), `new_version="`+v+`"`) || !strings.Contains(s.stderr(), `predecessor_version="`+v+`"`) {
+		t.Errorf("the re-exec's log lacks the versions %q on both sides: %s", v, s.stderr())
 	}
 	l.carried(s.Socket, s.Name)
 	if out := cliOK(t, s); !strings.Contains(out, s.Name) {

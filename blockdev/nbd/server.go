@@ -79,6 +79,8 @@ type Server struct {
 	cmds [proto.CmdWriteZeroes + 1]cmdCounters
 
 	total *budget // every connection's in-flight request bytes
+
+	tlsRejects logLimit // the log line of rejected TLS handshakes (tls.go)
 }
 
 type cmdCounters struct{ ok, failed atomic.Int64 }
