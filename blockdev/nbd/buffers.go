@@ -16,13 +16,14 @@ import (
 // ends, so they go back to the OS at once: Go heap would stay with the
 // process after a burst (under mlock, and under the runtime's scavenger for
 // minutes). Their size is fixed by the connection's shape, never by what
-// the client sends: the receive buffer, a page per request slot, the
-// reader's compression scratch page (it stores every WRITE), and a few
-// chunks for large READs.
+// the client sends: the receive buffer, a page per request slot, a
+// compression scratch page for the reader and each worker, and a few
+// chunks for large READs. (Large WRITEs use the server's write pool,
+// pool.go.)
 //
 //	rx        transmitBuffer
 //	requests  MaxInflight x (reply header + page)
-//	scratch   one page (compression output)
+//	scratch   (1 + Workers) x page (compression output)
 //	chunks    min(Workers, streamBuffers) x (reply header + streamChunk)
 
 // streamChunk is how much of a large READ a worker decodes before sending
@@ -40,14 +41,14 @@ type connBuffers struct {
 	mem     []byte
 	rx      []byte
 	pages   [][]byte // one per request slot
-	scratch []byte   // the reader's
+	scratch [][]byte // the reader's, then one per worker
 	chunks  [][]byte // reply header + streamChunk each
 }
 
 func connChunks(workers int) int { return min(workers, streamBuffers) }
 
 func connBufferBytes(inflight, workers int) int {
-	return transmitBuffer + inflight*pageBuffer + blockdev.PageSize +
+	return transmitBuffer + inflight*pageBuffer + (1+workers)*blockdev.PageSize +
 		connChunks(workers)*(proto.ReplyHeaderSize+streamChunk)
 }
 
@@ -72,7 +73,10 @@ func newConnBuffers(inflight, workers int) (*connBuffers, error) {
 	for i := range b.pages {
 		b.pages[i] = take(pageBuffer)
 	}
-	b.scratch = take(blockdev.PageSize)
+	b.scratch = make([][]byte, 1+workers)
+	for i := range b.scratch {
+		b.scratch[i] = take(blockdev.PageSize)
+	}
 	b.chunks = make([][]byte, connChunks(workers))
 	for i := range b.chunks {
 		b.chunks[i] = take(proto.ReplyHeaderSize + streamChunk)

@@ -51,6 +51,7 @@ type conn struct {
 
 	bufs   *connBuffers // every buffer of the transmission phase (buffers.go)
 	chunks chan []byte  // bufs.chunks not in use by a streamed READ
+	pool   *pagePool    // the server's write pages (pool.go)
 
 	stopping atomic.Bool
 	quit     chan struct{} // closed by stop
@@ -80,21 +81,24 @@ func (c *conn) setDeadline(t time.Time) {
 }
 
 // serveTransmission runs the transmission phase: this goroutine reads
-// requests and never waits on the store: it serves itself only what needs
-// no waiting (inline.go); workers run the rest and reply.
+// requests and stores WRITEs, waiting on the store only when the write
+// pool is full (reader.go); workers run the rest and reply.
 func (c *conn) serveTransmission() error {
 	inflight, nworkers := c.srv.opts.MaxInflight, c.srv.opts.Workers
 	bufs, err := newConnBuffers(inflight, nworkers)
 	if err != nil {
 		return err
 	}
-	c.bufs = bufs                     // freed by transmit, once handedOver has read rx
+	c.bufs = bufs // freed by transmit, once handedOver has read rx
+	if c.pool, err = c.srv.pool(); err != nil {
+		return err
+	}
 	c.rx = newRxBuffer(c.br, bufs.rx) // reads through what the handshake buffered
 	c.free = make([]*request, inflight)
 	c.tokens = make(chan struct{}, inflight)
 	c.work = make(chan *request, inflight+1) // batches, and one sendTask
 	c.sendIdle.L = &c.sendMu
-	c.scratch = bufs.scratch
+	c.scratch = bufs.scratch[0]
 	c.chunks = make(chan []byte, len(bufs.chunks))
 	for _, b := range bufs.chunks {
 		c.chunks <- b
@@ -114,6 +118,7 @@ func (c *conn) serveTransmission() error {
 	var workers sync.WaitGroup
 	for i := 0; i < nworkers; i++ {
 		workers.Add(1)
+		scratch := bufs.scratch[1+i]
 		go func() {
 			defer workers.Done()
 			for r := range c.work {
@@ -121,7 +126,7 @@ func (c *conn) serveTransmission() error {
 					c.finishHandoff()
 					continue
 				}
-				c.handleBatch(r) // queues the replies; the sender recycles them
+				c.handleBatch(r, scratch) // queues the replies; the sender recycles them
 			}
 		}()
 	}

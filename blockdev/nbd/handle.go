@@ -11,12 +11,12 @@ import (
 // handleBatch runs a batch's requests in order and sends their replies
 // together (one writev when no other sender is active). A large READ sends
 // its own reply as it decodes (stream.go) and leaves the batch.
-func (c *conn) handleBatch(r *request) {
+func (c *conn) handleBatch(r *request, scratch []byte) {
 	var head, tail *request
 	for r != nil {
 		next := r.next
 		r.next = nil
-		if c.handle(r) {
+		if c.handle(r, scratch) {
 			if head == nil {
 				head = r
 			} else {
@@ -32,10 +32,15 @@ func (c *conn) handleBatch(r *request) {
 }
 
 // handle runs one request and prepares its reply; it reports false when it
-// has sent the reply itself (a READ of more than a page).
-func (c *conn) handle(r *request) bool {
+// has sent the reply itself (a READ of more than a page). scratch is the
+// worker's compression output.
+func (c *conn) handle(r *request, scratch []byte) bool {
 	if r.served {
 		r.served = false
+		return true
+	}
+	if r.pieces != nil {
+		c.storePieces(r, scratch)
 		return true
 	}
 	h := &r.hdr
@@ -71,6 +76,26 @@ func (c *conn) handle(r *request) bool {
 	}
 	c.prepareReply(r, code, n)
 	return true
+}
+
+// storePieces stores the pieces of a WRITE the reader handed over (after
+// any it stored itself) and prepares the reply.
+func (c *conn) storePieces(r *request, scratch []byte) {
+	err := r.werr
+	for pc := r.pieces; pc != nil; {
+		next := pc.next
+		if err == nil {
+			err = c.dev.WriteAt(pc.buf[:pc.n], pc.off, scratch)
+		}
+		if pc.pooled {
+			c.pool.put(pc)
+		}
+		pc = next
+	}
+	r.pieces, r.piecesTail, r.werr = nil, nil, nil
+	code := errno(err)
+	c.srv.count(proto.CmdWrite, code)
+	c.prepareReply(r, code, 0)
 }
 
 // errno maps a device error to the NBD error reply.

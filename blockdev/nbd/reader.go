@@ -102,7 +102,6 @@ func (c *conn) readRequests() error {
 				c.putFree(r)
 				return fmt.Errorf("nbd: read %d byte write payload: %w", hdr.Length, err)
 			}
-			c.readerDone(r)
 			continue
 		}
 		// Every eligible request is served inline, also with more waiting
@@ -197,15 +196,17 @@ func (c *conn) need(n int) error {
 	return nil
 }
 
-// writeStream serves a WRITE as its payload comes off the socket: each page
-// (or the part of one at either end) is stored from the receive buffer as
-// soon as it is there, so the payload is never held whole. A page whose lock
-// is free and for which the store has memory ready is stored without
-// waiting; any other waits for the device in this goroutine, after the
-// replies and batch the reader holds have gone out. After the device's
-// first error the rest of the payload is read and dropped. The error
-// returned is the socket's (the connection ends); the device's is in the
-// reply.
+// writeStream serves a WRITE as its payload comes off the socket, a page
+// (or the part of one at either end) at a time, so the payload is never
+// held whole. A one-page WRITE is stored at once from the receive buffer
+// when its lock is free and the store has memory ready, and otherwise
+// copied into the request's own page for a worker. The pages of a larger
+// WRITE are copied into the server's write pool for a worker while it has
+// room, and stored by the reader itself, from the receive buffer, when it
+// has none (waiting for the device if it must, after the replies and batch
+// it holds have gone out). After the device's first error the rest of the
+// payload is read and dropped. The error returned is the socket's (the
+// connection ends); the device's is in the reply.
 func (c *conn) writeStream(r *request) error {
 	h := &r.hdr
 	d := c.dev
@@ -213,35 +214,73 @@ func (c *conn) writeStream(r *request) error {
 	if code != 0 {
 		d.CountInvalid()
 	}
-	var derr error
+	one := uint64(h.Length) <= blockdev.PageSize-h.Offset%blockdev.PageSize // a single piece
 	off, rest := h.Offset, int(h.Length)
 	for rest > 0 {
 		n := min(rest, blockdev.PageSize-int(off%blockdev.PageSize))
 		if err := c.need(n); err != nil {
+			c.dropPieces(r)
 			return err
 		}
-		if code == 0 && derr == nil {
-			derr = c.writePiece(c.rx.peek(n), off)
+		if code == 0 && r.werr == nil {
+			c.writePiece(r, c.rx.peek(n), off, one)
 		}
 		c.rx.discard(n)
 		off += uint64(n)
 		rest -= n
 	}
+	if code == 0 && r.pieces != nil {
+		c.batchAdd(r) // a worker stores the pieces and replies
+		return nil
+	}
 	if code == 0 {
-		code = errno(derr)
+		code = errno(r.werr)
+		r.werr = nil
 		c.srv.count(h.Type, code)
 	}
 	c.prepareReply(r, code, 0)
+	c.readerDone(r)
 	return nil
 }
 
-// writePiece stores p (one page, or part of one) at off.
-func (c *conn) writePiece(p []byte, off uint64) error {
+// writePiece stores p (one page, or part of one) at off for r, or hands it
+// to a worker.
+func (c *conn) writePiece(r *request, p []byte, off uint64, one bool) {
+	if one {
+		if len(p) == blockdev.PageSize {
+			if done, err := c.dev.TryWritePage(p, off/blockdev.PageSize, c.scratch); done {
+				r.werr = err
+				return
+			}
+		}
+		pc := &r.own
+		pc.buf, pc.n, pc.off = r.page[proto.ReplyHeaderSize:], copy(r.page[proto.ReplyHeaderSize:], p), off
+		r.addPiece(pc)
+		return
+	}
+	if pc := c.pool.get(); pc != nil {
+		pc.n, pc.off = copy(pc.buf, p), off
+		r.addPiece(pc)
+		return
+	}
 	if len(p) == blockdev.PageSize {
 		if done, err := c.dev.TryWritePage(p, off/blockdev.PageSize, c.scratch); done {
-			return err
+			r.werr = err
+			return
 		}
 	}
 	c.beforeBlock()
-	return c.dev.WriteAt(p, off, c.scratch)
+	r.werr = c.dev.WriteAt(p, off, c.scratch)
+}
+
+// dropPieces gives back the pieces of a WRITE that will not be stored.
+func (c *conn) dropPieces(r *request) {
+	for pc := r.pieces; pc != nil; {
+		next := pc.next
+		if pc.pooled {
+			c.pool.put(pc)
+		}
+		pc = next
+	}
+	r.pieces, r.piecesTail, r.werr = nil, nil, nil
 }

@@ -74,6 +74,10 @@ type Server struct {
 	nextID    atomic.Uint64
 
 	cmds [proto.CmdWriteZeroes + 1]cmdCounters
+
+	poolOnce  sync.Once
+	writePool *pagePool // pool.go
+	poolErr   error
 }
 
 type cmdCounters struct{ ok, failed atomic.Int64 }
