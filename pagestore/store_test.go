@@ -209,9 +209,16 @@ func TestLimit(t *testing.T) {
 		t.Fatalf("only %d objects stored under a %d limit", len(m), limit)
 	}
 	checkAll(t, s, m)
-	// Another class needs a new span: refused too.
-	if _, err := s.Put(make([]byte, 100)); !errors.Is(err, ErrLimit) {
-		t.Fatalf("put into a new class at the limit: %v", err)
+	// Another class whose span does not fit in what is left: refused too.
+	other := 0
+	for n := 100; n <= MaxObjectSize; n += classStep {
+		if c := s.classFor(n); c != s.classFor(len(buf)) && c.spanBytes > limit-st.MemUsed {
+			other = n
+			break
+		}
+	}
+	if _, err := s.Put(make([]byte, other)); !errors.Is(err, ErrLimit) {
+		t.Fatalf("put of %d bytes into a new class at the limit: %v", other, err)
 	}
 	// Freeing one object makes room for one more of the same class, no new span.
 	for h := range m {

@@ -101,17 +101,43 @@ func TestHostileClients(t *testing.T) {
 	}
 
 	t.Run("disconnect mid WRITE payload", func(t *testing.T) {
+		// A WRITE is stored page by page as it arrives: pages received in
+		// full may be stored, the page cut short never is, and nothing
+		// outside the write changes.
+		const at = 2 << 20
+		old := bytes.Repeat([]byte("old page, whole\n"), 16<<10/16)
+		if err := good.WriteAt(old, at); err != nil {
+			t.Fatal(err)
+		}
 		nc := rawConn(t, s)
-		nc.Write(request(0, proto.CmdWrite, 1, 4096, 64<<10))
-		nc.Write(make([]byte, 10000)) // zeros over "keep", cut short
+		nc.Write(request(0, proto.CmdWrite, 1, at, 16<<10))
+		nc.Write(make([]byte, 10000)) // zeros over "old": two pages and part of a third, cut short
 		nc.Close()
 		check()
+		got := make([]byte, len(old))
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			if err := good.ReadAt(got, at); err != nil {
+				t.Fatal(err)
+			}
+			if bytes.Equal(got[:8192], make([]byte, 8192)) || time.Now().After(deadline) {
+				break
+			}
+			time.Sleep(10 * time.Millisecond) // the server may still be storing them
+		}
+		for p := 0; p < 4; p++ {
+			page, was := got[p*4096:(p+1)*4096], old[p*4096:(p+1)*4096]
+			zero := bytes.Equal(page, make([]byte, 4096))
+			if !bytes.Equal(page, was) && (p >= 2 || !zero) {
+				t.Fatalf("page %d of the cut-short write is neither old nor whole", p)
+			}
+		}
 	})
 	t.Run("header then stall", func(t *testing.T) {
 		stalled := rawConn(t, s)
 		stalled.Write(request(0, proto.CmdWrite, 1, 0, 1<<20)[:20])
 		stalled2 := rawConn(t, s)
-		stalled2.Write(request(0, proto.CmdWrite, 1, 0, 1<<20))
+		stalled2.Write(request(0, proto.CmdWrite, 1, 8<<20, 1<<20)) // away from "keep": its first page is stored
 		stalled2.Write(make([]byte, 4096))
 		// Others are served at once while these two hang mid-request.
 		start := time.Now()

@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/uzram/uzram/blockdev"
-	"github.com/uzram/uzram/swapsafe"
 )
 
 // Buffer sizes: the handshake's is small so that idle or hostile
@@ -50,7 +49,9 @@ type conn struct {
 	reader // the reader goroutine's own state (reader.go)
 	sender // the reply path's (sender.go)
 
-	budget *budget // this connection's in-flight request bytes
+	bufs   *connBuffers // every buffer of the transmission phase (buffers.go)
+	chunks chan []byte  // bufs.chunks not in use by a streamed READ
+	pool   *pagePool    // the server's write pages (pool.go)
 
 	stopping atomic.Bool
 	quit     chan struct{} // closed by stop
@@ -60,7 +61,7 @@ type conn struct {
 	quitOnce    sync.Once
 }
 
-// stop wakes the reader wherever it waits (socket or budget); workers still
+// stop wakes the reader wherever it waits (socket or tokens); workers still
 // send the replies of requests already read. Deadlines set after stop must
 // re-check stopping (see clearDeadline).
 func (c *conn) stop() {
@@ -80,15 +81,28 @@ func (c *conn) setDeadline(t time.Time) {
 }
 
 // serveTransmission runs the transmission phase: this goroutine reads
-// requests and never waits on the store: it serves itself only what needs
-// no waiting (inline.go); workers run the rest and reply.
+// requests and stores WRITEs, waiting on the store only when the write
+// pool is full (reader.go); workers run the rest and reply.
 func (c *conn) serveTransmission() error {
-	inflight := c.srv.opts.MaxInflight
-	c.budget = newBudget(c.srv.opts.ConnBudget)
-	c.rx = newRxBuffer(c.br, transmitBuffer) // reads through what the handshake buffered
+	inflight, nworkers := c.srv.opts.MaxInflight, c.srv.opts.Workers
+	bufs, err := newConnBuffers(inflight, nworkers)
+	if err != nil {
+		return err
+	}
+	c.bufs = bufs // freed by transmit, once handedOver has read rx
+	if c.pool, err = c.srv.pool(); err != nil {
+		return err
+	}
+	c.rx = newRxBuffer(c.br, bufs.rx) // reads through what the handshake buffered
 	c.free = make([]*request, inflight)
 	c.tokens = make(chan struct{}, inflight)
 	c.work = make(chan *request, inflight+1) // batches, and one sendTask
+	c.sendIdle.L = &c.sendMu
+	c.scratch = bufs.scratch[0]
+	c.chunks = make(chan []byte, len(bufs.chunks))
+	for _, b := range bufs.chunks {
+		c.chunks <- b
+	}
 	if err := c.setupInline(inflight); err != nil {
 		return err
 	}
@@ -97,22 +111,14 @@ func (c *conn) serveTransmission() error {
 	c.queue = make([]*request, 0, inflight)
 	c.spare = make([]*request, 0, inflight)
 	c.iov = make(net.Buffers, 0, inflight)
-	own := newBigList(min(ownBigCount, inflight))
 	for i := range c.free {
-		// Every request's page buffer exists, touched, before the first
-		// request: the kernel sends swap I/O as single pages, and writeback
-		// as runs of up to 128 KiB (own).
-		c.free[i] = &request{small: make([]byte, smallBuffer), own: own}
-		swapsafe.Prefault(c.free[i].small)
+		c.free[i] = &request{page: bufs.pages[i]}
 		c.tokens <- struct{}{}
 	}
 	var workers sync.WaitGroup
-	for i := 0; i < c.srv.opts.Workers; i++ {
+	for i := 0; i < nworkers; i++ {
 		workers.Add(1)
-		// Each worker compresses into its own scratch page (writePage),
-		// touched now like every buffer of the path.
-		scratch := make([]byte, blockdev.PageSize)
-		swapsafe.Prefault(scratch)
+		scratch := bufs.scratch[1+i]
 		go func() {
 			defer workers.Done()
 			for r := range c.work {
@@ -128,7 +134,7 @@ func (c *conn) serveTransmission() error {
 	if stall := c.srv.opts.StallTimeout; stall > 0 {
 		go c.watchdog(stall, done)
 	}
-	err := c.readRequests()
+	err = c.readRequests()
 	close(c.work)
 	workers.Wait() // finish what was read before closing
 	close(done)
@@ -137,7 +143,7 @@ func (c *conn) serveTransmission() error {
 
 // watchdog drops the connection when one request has been half received, or
 // one reply half sent, for about stall: a client that stalls mid-request
-// must not hold its buffers and budget forever. It costs the I/O path only a
+// must not hold its connection forever. It costs the I/O path only a
 // few atomic operations (no per-request deadlines or clock reads).
 func (c *conn) watchdog(stall time.Duration, done <-chan struct{}) {
 	const checks = 4

@@ -5,21 +5,20 @@ import (
 
 	"github.com/uzram/uzram/blockdev"
 	"github.com/uzram/uzram/blockdev/nbd/proto"
-	"github.com/uzram/uzram/swapsafe"
 )
 
 // Handing a request to a worker costs a goroutine wakeup, and often a
 // thread wakeup and a context switch (worse when the server runs SCHED_RR:
 // every wakeup preempts the client). Reading or writing one page is bounded
-// CPU work, so on a plain socket the reader serves one-page READs and WRITEs
-// itself when nothing would make it wait: the page's lock is free at once (a
-// write holding it may be waiting for store memory) and, for a write, the
-// store has memory ready (TryPut); streams are held only while compressing
-// (writePage with scratch). Otherwise the request goes to a worker as
-// before. Replies go out with a non-blocking writev: a full socket hands the
-// rest to a worker, so the reader never waits for the client either.
+// CPU work, so the reader stores WRITEs itself, page by page from its
+// receive buffer (writeStream), and on a plain socket serves one-page READs
+// itself when the page's lock is free at once (a write holding it may be
+// waiting for store memory). Streams are held only while compressing
+// (writePage with scratch). Replies go out with a non-blocking writev: a
+// full socket hands the rest to a worker, so the reader never waits for the
+// client either.
 
-// setupInline enables inline serving when the connection is a plain socket.
+// setupInline enables inline replies when the connection is a plain socket.
 // The receive buffer then reads the socket with raw syscalls too (rawReader),
 // starting with what the handshake's buffer already holds.
 func (c *conn) setupInline(inflight int) error {
@@ -45,17 +44,14 @@ func (c *conn) setupInline(inflight int) error {
 	c.rx.src = rr
 	c.rc = rc
 	c.writevFn = c.writevNB
-	c.scratch = make([]byte, blockdev.PageSize)
-	swapsafe.Prefault(c.scratch)
 	c.iovecs = make([]syscall.Iovec, 0, min(inflight, iovMax))
 	return nil
 }
 
-// serveInline serves r in the reader if it is a one-page READ or WRITE that
-// needs no waiting, or a request that fails validation; it reports whether
-// it did. A WRITE's data is payload if given (the receive buffer itself),
-// else its request buffer.
-func (c *conn) serveInline(r *request, payload []byte) bool {
+// serveInline serves r in the reader if it is a one-page READ whose page
+// can be read without waiting, or a request that fails validation; it
+// reports whether it did.
+func (c *conn) serveInline(r *request) bool {
 	if c.rc == nil {
 		return false
 	}
@@ -65,29 +61,29 @@ func (c *conn) serveInline(r *request, payload []byte) bool {
 		d.CountInvalid()
 		c.prepareReply(r, code, 0)
 	} else {
-		if h.Length != blockdev.PageSize || h.Offset%blockdev.PageSize != 0 {
+		if h.Type != proto.CmdRead || h.Length != blockdev.PageSize || h.Offset%blockdev.PageSize != 0 {
 			return false
 		}
-		var ok bool
-		var err error
-		n := 0
-		switch h.Type {
-		case proto.CmdRead:
-			buf := r.grow(blockdev.PageSize)
-			ok, err = d.TryReadPage(buf[proto.ReplyHeaderSize:], h.Offset/blockdev.PageSize)
-			n = blockdev.PageSize
-		case proto.CmdWrite:
-			if payload == nil {
-				payload = r.buf[proto.ReplyHeaderSize:]
-			}
-			ok, err = d.TryWritePage(payload[:blockdev.PageSize], h.Offset/blockdev.PageSize, c.scratch)
-		}
+		ok, err := d.TryReadPage(r.reply(blockdev.PageSize)[proto.ReplyHeaderSize:], h.Offset/blockdev.PageSize)
 		if !ok {
 			return false
 		}
 		code := errno(err)
 		c.srv.count(h.Type, code)
-		c.prepareReply(r, code, n)
+		c.prepareReply(r, code, blockdev.PageSize)
+	}
+	c.readerDone(r)
+	return true
+}
+
+// readerDone takes a request the reader has served, its reply prepared: on
+// a plain socket the reader sends it (with others, once a batch's worth is
+// ready or before it blocks); otherwise a worker sends it.
+func (c *conn) readerDone(r *request) {
+	if c.rc == nil {
+		r.served = true
+		c.batchAdd(r)
+		return
 	}
 	if c.done == nil {
 		c.done = r
@@ -95,20 +91,13 @@ func (c *conn) serveInline(r *request, payload []byte) bool {
 		c.doneTail.next = r
 	}
 	c.doneTail = r
-	c.doneLen++
-	return true
-}
-
-// doneAdded sends the reader's replies once a batch's worth is ready, so a
-// long run of buffered requests does not hold them back.
-func (c *conn) doneAdded() {
-	if c.doneLen >= batchMax {
+	if c.doneLen++; c.doneLen >= batchMax {
 		c.flushDone()
 	}
 }
 
-// beforeBlock is called where the reader may wait (socket, tokens, budget):
-// nothing it holds may wait with it.
+// beforeBlock is called where the reader may wait (socket, tokens, the
+// device): nothing it holds may wait with it.
 func (c *conn) beforeBlock() {
 	c.dispatch()
 	c.flushDone()

@@ -82,6 +82,7 @@ func (c *conn) readRequests() error {
 			c.putFree(r)
 			return fmt.Errorf("nbd: read request: %w", err)
 		}
+		c.inRequest.Store(false)
 		if c.srv.opts.Observe != nil {
 			r.start = time.Now()
 		}
@@ -95,53 +96,36 @@ func (c *conn) readRequests() error {
 			c.putFree(r)
 			return nil
 		}
-		// Waiting for budget is the server's doing, not a client stall.
-		c.inRequest.Store(false)
-		if err := c.acquire(r); err != nil {
-			c.putFree(r)
-			return err
-		}
-		if n := hdr.PayloadLen(); n > 0 {
-			if n == blockdev.PageSize && c.rx.buffered() >= n && c.serveInline(r, c.rx.peek(n)) {
-				// Stored straight from the receive buffer: no copy.
-				c.rx.discard(n)
-				c.doneAdded()
-				continue
-			}
-			c.reqSeq.Add(1)
-			c.inRequest.Store(true)
-			buf := r.grow(n)
-			if c.rx.buffered() < n {
-				c.beforeBlock()
-			}
-			if err := c.readFull(buf[proto.ReplyHeaderSize:]); err != nil {
-				c.budget.release(r.cost)
-				c.srv.total.release(r.cost)
-				r.cost = 0
-				r.releaseBig()
+		if hdr.Type == proto.CmdWrite {
+			// Stored as it comes off the socket: no buffer holds the payload.
+			if err := c.writeStream(r); err != nil {
 				c.putFree(r)
-				return fmt.Errorf("nbd: read %d byte write payload: %w", n, err)
+				return fmt.Errorf("nbd: read %d byte write payload: %w", hdr.Length, err)
 			}
-			c.inRequest.Store(false)
+			continue
 		}
 		// Every eligible request is served inline, also with more waiting
 		// behind it: on a 2-CPU host that measured better than sending the
 		// rest to workers (0.71x randwrite). A single connection then
 		// compresses on one CPU; the kernel's nbd-client spreads over
 		// -connections.
-		if c.serveInline(r, nil) {
-			c.doneAdded()
+		if c.serveInline(r) {
 			continue
 		}
-		if c.batch == nil {
-			c.batch = r
-		} else {
-			c.batchTail.next = r
-		}
-		c.batchTail = r
-		if c.batchLen++; c.batchLen >= batchMax {
-			c.dispatch()
-		}
+		c.batchAdd(r)
+	}
+}
+
+// batchAdd adds r to the batch being built for a worker.
+func (c *conn) batchAdd(r *request) {
+	if c.batch == nil {
+		c.batch = r
+	} else {
+		c.batchTail.next = r
+	}
+	c.batchTail = r
+	if c.batchLen++; c.batchLen >= batchMax {
+		c.dispatch()
 	}
 }
 
@@ -164,34 +148,9 @@ func (c *conn) putFree(r *request) {
 	c.tokens <- struct{}{}
 }
 
-// acquire takes r's cost from the connection's budget, then the server's,
-// waiting (and so not reading the socket) until both have room. Before
-// waiting, the batch goes to the workers: their replies free budget.
-func (c *conn) acquire(r *request) error {
-	r.cost = cost(r.hdr)
-	if c.budget.tryAcquire(r.cost) {
-		if c.srv.total.tryAcquire(r.cost) {
-			return nil
-		}
-		c.beforeBlock()
-	} else {
-		c.beforeBlock()
-		if err := c.budget.acquire(r.cost, c.quit); err != nil {
-			r.cost = 0
-			return err
-		}
-	}
-	if err := c.srv.total.acquire(r.cost, c.quit); err != nil {
-		c.budget.release(r.cost)
-		r.cost = 0
-		return err
-	}
-	return nil
-}
-
-// readFull reads the rest of a request. A handover that catches the reader
-// mid-request lets it finish the request: clients send requests whole, so
-// the rest is on its way.
+// readFull reads the rest of a request header. A handover that catches the
+// reader mid-request lets it finish the request: clients send requests
+// whole, so the rest is on its way.
 func (c *conn) readFull(p []byte) error {
 	n, err := io.ReadFull(c.rx, p)
 	if err == nil || !c.stoppedForHandover(err) {
@@ -202,4 +161,126 @@ func (c *conn) readFull(p []byte) error {
 	_, err = io.ReadFull(c.rx, p[n:])
 	c.raw.SetReadDeadline(time.Now())
 	return err
+}
+
+// need makes the next n bytes of the request (n <= PageSize) contiguous in
+// the receive buffer, reading the socket as needed. Waiting for them is the
+// client's doing: the watchdog sees a request half received, and every read
+// that brings bytes counts as progress. A handover is handled as readFull
+// does.
+func (c *conn) need(n int) error {
+	if c.rx.buffered() >= n {
+		return nil
+	}
+	c.beforeBlock()
+	c.reqSeq.Add(1)
+	c.inRequest.Store(true)
+	defer c.inRequest.Store(false)
+	extended := false
+	for c.rx.buffered() < n {
+		err := c.rx.fill()
+		if err == nil {
+			c.reqSeq.Add(1)
+			continue
+		}
+		if extended || !c.stoppedForHandover(err) {
+			return err
+		}
+		c.rx.err = nil
+		c.raw.SetReadDeadline(time.Now().Add(handoverFinish))
+		extended = true
+	}
+	if extended {
+		c.raw.SetReadDeadline(time.Now())
+	}
+	return nil
+}
+
+// writeStream serves a WRITE as its payload comes off the socket, a page
+// (or the part of one at either end) at a time, so the payload is never
+// held whole. A one-page WRITE is stored at once from the receive buffer
+// when its lock is free and the store has memory ready, and otherwise
+// copied into the request's own page for a worker. The pages of a larger
+// WRITE are copied into the server's write pool for a worker while it has
+// room, and stored by the reader itself, from the receive buffer, when it
+// has none (waiting for the device if it must, after the replies and batch
+// it holds have gone out). After the device's first error the rest of the
+// payload is read and dropped. The error returned is the socket's (the
+// connection ends); the device's is in the reply.
+func (c *conn) writeStream(r *request) error {
+	h := &r.hdr
+	d := c.dev
+	code := h.Validate(d.Size(), c.tflags)
+	if code != 0 {
+		d.CountInvalid()
+	}
+	one := uint64(h.Length) <= blockdev.PageSize-h.Offset%blockdev.PageSize // a single piece
+	off, rest := h.Offset, int(h.Length)
+	for rest > 0 {
+		n := min(rest, blockdev.PageSize-int(off%blockdev.PageSize))
+		if err := c.need(n); err != nil {
+			c.dropPieces(r)
+			return err
+		}
+		if code == 0 && r.werr == nil {
+			c.writePiece(r, c.rx.peek(n), off, one)
+		}
+		c.rx.discard(n)
+		off += uint64(n)
+		rest -= n
+	}
+	if code == 0 && r.pieces != nil {
+		c.batchAdd(r) // a worker stores the pieces and replies
+		return nil
+	}
+	if code == 0 {
+		code = errno(r.werr)
+		r.werr = nil
+		c.srv.count(h.Type, code)
+	}
+	c.prepareReply(r, code, 0)
+	c.readerDone(r)
+	return nil
+}
+
+// writePiece stores p (one page, or part of one) at off for r, or hands it
+// to a worker.
+func (c *conn) writePiece(r *request, p []byte, off uint64, one bool) {
+	if one {
+		if len(p) == blockdev.PageSize {
+			if done, err := c.dev.TryWritePage(p, off/blockdev.PageSize, c.scratch); done {
+				r.werr = err
+				return
+			}
+		}
+		pc := &r.own
+		pc.buf, pc.n, pc.off = r.page[proto.ReplyHeaderSize:], copy(r.page[proto.ReplyHeaderSize:], p), off
+		r.addPiece(pc)
+		return
+	}
+	if pc := c.pool.get(); pc != nil {
+		pc.n, pc.off = copy(pc.buf, p), off
+		r.addPiece(pc)
+		return
+	}
+	if len(p) == blockdev.PageSize {
+		if done, err := c.dev.TryWritePage(p, off/blockdev.PageSize, c.scratch); done {
+			r.werr = err
+			return
+		}
+	}
+	c.beforeBlock()
+	r.werr = c.dev.WriteAt(p, off, c.scratch)
+}
+
+// dropPieces gives back the pieces of a WRITE that will not be stored.
+func (c *conn) dropPieces(r *request) {
+	for pc := r.pieces; pc != nil; {
+		next := pc.next
+		if pc.pooled {
+			c.pool.put(pc)
+		}
+		pc = next
+	}
+	r.pieces, r.piecesTail, r.werr = nil, nil, nil
 }

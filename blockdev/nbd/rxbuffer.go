@@ -4,12 +4,10 @@ import (
 	"io"
 	"syscall"
 	"unsafe"
-
-	"github.com/uzram/uzram/swapsafe"
 )
 
-// rxBuffer is a buffered reader over a prefaulted buffer: bufio.Reader
-// allocates its own buffer, which cannot be touched ahead of use.
+// rxBuffer is a buffered reader over a buffer of the connection's
+// (buffers.go), faulted in ahead of use: bufio.Reader allocates its own.
 type rxBuffer struct {
 	src        io.Reader
 	buf        []byte
@@ -17,10 +15,8 @@ type rxBuffer struct {
 	err        error
 }
 
-func newRxBuffer(src io.Reader, size int) *rxBuffer {
-	b := &rxBuffer{src: src, buf: make([]byte, size)}
-	swapsafe.Prefault(b.buf)
-	return b
+func newRxBuffer(src io.Reader, buf []byte) *rxBuffer {
+	return &rxBuffer{src: src, buf: buf}
 }
 
 // fill reads at least once from src into the free part of the buffer.
@@ -66,16 +62,10 @@ func (b *rxBuffer) waitData() error {
 	return nil
 }
 
-// Read copies buffered data; large reads with an empty buffer go straight
-// to src (into the caller's buffer, which is prefaulted too).
+// Read copies buffered data (a request header), filling the buffer first
+// when it is empty.
 func (b *rxBuffer) Read(p []byte) (int, error) {
 	if b.start == b.end {
-		if len(p) >= len(b.buf) {
-			if b.err != nil {
-				return 0, b.err
-			}
-			return b.src.Read(p)
-		}
 		if err := b.fill(); err != nil {
 			return 0, err
 		}

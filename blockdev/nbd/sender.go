@@ -18,17 +18,18 @@ import (
 // goes out at once. The reader sends its own replies without blocking
 // (writeNB): what the socket does not take is handed to a worker.
 type sender struct {
-	sendMu  sync.Mutex
-	queue   []*request
-	spare   []*request
-	sending bool
-	iov     net.Buffers // reused: building it allocates nothing
-	iovw    net.Buffers // what writev consumes: a copy of iov's header
+	sendMu   sync.Mutex
+	sendIdle sync.Cond // signalled when sending goes false (L is &sendMu)
+	queue    []*request
+	spare    []*request
+	sending  bool
+	iov      net.Buffers // reused: building it allocates nothing
+	iovw     net.Buffers // what writev consumes: a copy of iov's header
 
 	iovecs   []syscall.Iovec
 	writevFn func(fd uintptr) bool // c.writevNB, made once
 	nbErr    error                 // writevNB's result
-	handoff  []*request            // a batch the reader began sending; a worker finishes it
+	handoff  []*request            // a batch the reader began sending; a worker finishes it (under sendMu)
 	sendTask request               // queued on work: finish handoff and go on sending
 
 	// The watchdog drops the connection when a reply stays half sent for
@@ -66,7 +67,9 @@ func (c *conn) sendLoop(block bool) {
 		if !c.send(batch, block) {
 			// The socket is full: a worker finishes the batch and stays
 			// the sender (sending remains true meanwhile).
+			c.sendMu.Lock()
 			c.handoff = batch
+			c.sendMu.Unlock()
 			c.work <- &c.sendTask
 			return
 		}
@@ -74,14 +77,25 @@ func (c *conn) sendLoop(block bool) {
 		c.spare = batch[:0]
 	}
 	c.sending = false
+	c.sendIdle.Broadcast()
 	c.sendMu.Unlock()
 }
 
-// finishHandoff completes the batch the reader could not send and carries
-// on as the sender.
+// finishHandoff completes the batch the reader could not send, unless a
+// worker waiting to stream took it over (beginStream).
 func (c *conn) finishHandoff() {
+	c.sendMu.Lock()
 	batch := c.handoff
 	c.handoff = nil
+	c.sendMu.Unlock()
+	if batch != nil {
+		c.completeHandoff(batch)
+	}
+}
+
+// completeHandoff sends the rest of a handed-off batch and carries on as the
+// sender.
+func (c *conn) completeHandoff(batch []*request) {
 	var err error
 	if !c.broken.Load() {
 		_, err = c.iovw.WriteTo(c.nc)
@@ -142,10 +156,7 @@ func (c *conn) sent(batch []*request, err error) {
 
 // recycle returns a request whose reply is sent to the free list.
 func (c *conn) recycle(r *request) {
-	c.budget.release(r.cost)
-	c.srv.total.release(r.cost)
-	r.cost, r.out = 0, nil
-	r.releaseBig()
+	r.out = nil
 	c.freeMu.Lock()
 	c.free = append(c.free, r)
 	c.freeMu.Unlock()

@@ -22,7 +22,8 @@ import (
 // ServerOptions tune the NBD server.
 type ServerOptions struct {
 	// MaxInflight is how many requests one connection may have outstanding;
-	// the Linux driver keeps up to 128 in flight. Default 256.
+	// the Linux driver keeps up to 128 in flight. Default 128. Each costs
+	// its connection a page of buffer (buffers.go).
 	MaxInflight int
 	// Workers per connection run requests concurrently. Default 2 x GOMAXPROCS, at least 4.
 	Workers int
@@ -37,10 +38,6 @@ type ServerOptions struct {
 	// daemon gives the heap its buffers were back).
 	ConnEnded func()
 
-	// ConnBudget and TotalBudget bound the bytes of request buffers in
-	// flight on one connection and on all of them (limits.go). Defaults
-	// DefaultConnBudget and DefaultTotalBudget; never below proto.MaxRequestSize.
-	ConnBudget, TotalBudget int64
 	// StallTimeout drops a connection whose request stays half received,
 	// or whose reply stays unsent, this long. Default DefaultStallTimeout;
 	// negative: never.
@@ -78,9 +75,11 @@ type Server struct {
 
 	cmds [proto.CmdWriteZeroes + 1]cmdCounters
 
-	total *budget // every connection's in-flight request bytes
-
 	tlsRejects logLimit // the log line of rejected TLS handshakes (tls.go)
+
+	poolOnce  sync.Once
+	writePool *pagePool // pool.go
+	poolErr   error
 }
 
 type cmdCounters struct{ ok, failed atomic.Int64 }
@@ -88,7 +87,7 @@ type cmdCounters struct{ ok, failed atomic.Int64 }
 // NewServer returns a server with no exports.
 func NewServer(opts ServerOptions) *Server {
 	if opts.MaxInflight <= 0 {
-		opts.MaxInflight = 256
+		opts.MaxInflight = 128
 	}
 	if opts.Workers <= 0 {
 		opts.Workers = max(4, 2*runtime.GOMAXPROCS(0))
@@ -96,8 +95,6 @@ func NewServer(opts ServerOptions) *Server {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	opts.ConnBudget = clampBudget(opts.ConnBudget, DefaultConnBudget)
-	opts.TotalBudget = clampBudget(opts.TotalBudget, DefaultTotalBudget)
 	if opts.StallTimeout == 0 {
 		opts.StallTimeout = DefaultStallTimeout
 	}
@@ -108,7 +105,6 @@ func NewServer(opts ServerOptions) *Server {
 		opts.Logger.Warn("TLS required but no certificate given: TCP clients cannot connect")
 	}
 	return &Server{
-		total:     newBudget(opts.TotalBudget),
 		opts:      opts,
 		log:       opts.Logger,
 		exports:   map[string]blockdev.Target{},
@@ -305,6 +301,7 @@ func (s *Server) transmit(c *conn) {
 	case err != nil && !c.broken.Load() && !s.isClosing():
 		s.log.Warn("connection closed", "conn", c.id, "export", c.dev.Name(), "err", err)
 	}
+	c.bufs.free() // every worker is done, and handedOver has copied rx
 }
 
 func (s *Server) isClosing() bool {
@@ -316,7 +313,7 @@ func (s *Server) isClosing() bool {
 // Shutdown stops accepting, lets every connection finish the requests it has
 // already read, then closes them. It returns ctx's error if that takes too long.
 func (s *Server) Shutdown(ctx context.Context) error {
-	// stop wakes readers blocked on the socket or on budget; workers still reply.
+	// stop wakes readers blocked on the socket or on tokens; workers still reply.
 	if _, err := s.stopServing(ctx, func(l net.Listener) { l.Close() }, (*conn).stop); err != nil {
 		return fmt.Errorf("nbd: shutdown: %w", err)
 	}

@@ -12,10 +12,10 @@ import (
 	"github.com/uzram/uzram/streams"
 )
 
-// benchNBD pipelines b.N requests of one type through a real unix socket,
-// with a client that allocates nothing, so -benchmem's allocs/op is the
-// server's own per-request allocation.
-func benchNBD(b *testing.B, typ uint16, depth int) {
+// benchNBD pipelines b.N requests of one type and size (n pages) through a
+// real unix socket, with a client that allocates nothing, so -benchmem's
+// allocs/op is the server's own per-request allocation.
+func benchNBD(b *testing.B, typ uint16, depth, n int) {
 	d, err := blockdev.New(blockdev.Config{Name: "b", Size: 256 << 20, StreamMode: streams.DefaultMode})
 	if err != nil {
 		b.Fatal(err)
@@ -35,20 +35,22 @@ func benchNBD(b *testing.B, typ uint16, depth int) {
 	reqs := make([][]byte, variants)
 	r := rand.New(rand.NewPCG(1, 2))
 	for v := range reqs {
-		req := make([]byte, proto.RequestHeaderSize+blockdev.PageSize)
-		page := req[proto.RequestHeaderSize:]
-		for i := range page {
-			page[i] = byte(r.Uint32())
+		req := make([]byte, proto.RequestHeaderSize+n*blockdev.PageSize)
+		for p := 0; p < n; p++ {
+			page := req[proto.RequestHeaderSize+p*blockdev.PageSize:][:blockdev.PageSize]
+			for i := range page {
+				page[i] = byte(r.Uint32())
+			}
+			clear(page[:blockdev.PageSize/4+r.IntN(blockdev.PageSize/2)])
 		}
-		clear(page[:blockdev.PageSize/4+r.IntN(blockdev.PageSize/2)])
 		binary.BigEndian.PutUint32(req, proto.RequestMagic)
 		binary.BigEndian.PutUint16(req[6:], typ)
-		binary.BigEndian.PutUint32(req[24:], blockdev.PageSize)
+		binary.BigEndian.PutUint32(req[24:], uint32(n*blockdev.PageSize))
 		reqs[v] = req
 	}
 	replyLen := proto.ReplyHeaderSize
 	if typ == proto.CmdRead {
-		replyLen += blockdev.PageSize
+		replyLen += n * blockdev.PageSize
 	}
 	tokens := make(chan struct{}, depth)
 	done := make(chan error, 1)
@@ -67,15 +69,12 @@ func benchNBD(b *testing.B, typ uint16, depth int) {
 		}
 		done <- nil
 	}()
-	for i := 0; i < pages; i++ { // fill, so reads decompress and writes overwrite
-		req := reqs[i%variants]
-		binary.BigEndian.PutUint16(req[6:], proto.CmdWrite)
-		if err := d.WriteAt(req[proto.RequestHeaderSize:], uint64(i)*blockdev.PageSize, nil); err != nil {
+	for i := 0; i < pages; i += n { // fill, so reads decompress and writes overwrite
+		if err := d.WriteAt(reqs[i/n%variants][proto.RequestHeaderSize:], uint64(i)*blockdev.PageSize, nil); err != nil {
 			b.Fatal(err)
 		}
-		binary.BigEndian.PutUint16(req[6:], typ)
 	}
-	b.SetBytes(blockdev.PageSize)
+	b.SetBytes(int64(n * blockdev.PageSize))
 	b.ReportAllocs()
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
@@ -86,7 +85,7 @@ func benchNBD(b *testing.B, typ uint16, depth int) {
 			wire = req[:proto.RequestHeaderSize]
 		}
 		binary.BigEndian.PutUint64(req[8:], uint64(i))
-		binary.BigEndian.PutUint64(req[16:], uint64(i*7919%pages)*blockdev.PageSize)
+		binary.BigEndian.PutUint64(req[16:], uint64(i*7919%(pages/n)*n)*blockdev.PageSize)
 		if _, err := nc.Write(wire); err != nil {
 			b.Fatal(err)
 		}
@@ -127,6 +126,12 @@ func negotiate(tb testing.TB, nc net.Conn, name string) {
 	}
 }
 
-func BenchmarkNBDWrite4kQD32(b *testing.B) { benchNBD(b, proto.CmdWrite, 32) }
-func BenchmarkNBDRead4kQD32(b *testing.B)  { benchNBD(b, proto.CmdRead, 32) }
-func BenchmarkNBDWrite4kQD1(b *testing.B)  { benchNBD(b, proto.CmdWrite, 1) }
+func BenchmarkNBDWrite4kQD32(b *testing.B) { benchNBD(b, proto.CmdWrite, 32, 1) }
+func BenchmarkNBDRead4kQD32(b *testing.B)  { benchNBD(b, proto.CmdRead, 32, 1) }
+func BenchmarkNBDWrite4kQD1(b *testing.B)  { benchNBD(b, proto.CmdWrite, 1, 1) }
+
+// Requests larger than a page: WRITEs stored off the socket page by page,
+// READs streamed (1 MiB: eight chunks), with no buffer per request.
+func BenchmarkNBDWrite128kQD32(b *testing.B) { benchNBD(b, proto.CmdWrite, 32, 32) }
+func BenchmarkNBDRead128kQD32(b *testing.B)  { benchNBD(b, proto.CmdRead, 32, 32) }
+func BenchmarkNBDRead1MQD8(b *testing.B)     { benchNBD(b, proto.CmdRead, 8, 256) }
