@@ -6,6 +6,10 @@
 #   hack/bench.sh            full run (about 40 minutes)
 #   hack/bench.sh --quick    spine figures only (a few minutes)
 #   hack/bench.sh --go       Go hot-path benchmarks with -benchmem
+#   hack/bench.sh --guest    in a 6.12 qemu guest: uzram over ublk and over NBD
+#                            against the guest's zram and null transports
+#                            (hack/guest-bench.sh; its options pass through,
+#                            e.g. --reps 1 --runtime 5 --targets uzram-ublk,zram)
 #
 # Any other flags go to hack/bench (see: go run ./hack/bench --help). To
 # measure just the request path quickly, or a change before/after in one run:
@@ -19,6 +23,12 @@ set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
+
+if [[ " $* " == *" --guest "* ]]; then
+	args=()
+	for a in "$@"; do [[ $a == --guest ]] || args+=("$a"); done
+	exec hack/guest-bench.sh "${args[@]}"
+fi
 build=hack/.build/bench
 mkdir -p "$build" results
 

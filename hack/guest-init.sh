@@ -1,7 +1,8 @@
 #!/bin/busybox sh
 # shellcheck shell=dash
-# /init of the guest's initramfs (hack/guest-swap.sh packs it with
-# busybox-static and the virtio + 9p modules). It mounts the host's root
+# /init of the guest's initramfs (guest_initramfs in hack/guest-lib.sh packs
+# it with busybox-static and the virtio + 9p modules, for hack/guest-swap.sh
+# and hack/guest-bench.sh). It mounts the host's root
 # read-only over 9p, chroots there and runs the scenario named on the kernel
 # command line (GUEST_SCENARIO=, passed to init's environment), so the guest
 # uses the host's nbd-client, mkswap, fio and freshly built binaries.
@@ -24,7 +25,7 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 
 # The modules that bring up virtio-pci and 9p, in dependency order, as
-# guest-swap.sh found them for this kernel (built-in ones are left out).
+# guest_initramfs found them for this kernel (built-in ones are left out).
 while read -r m; do
 	insmod "/modules/$m.ko" || { echo "guest-init: insmod $m failed"; finish 90; }
 done </modules/order

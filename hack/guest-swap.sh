@@ -123,40 +123,10 @@ fi
 
 # ---- initramfs -------------------------------------------------------------------
 
-ird=$B/initramfs
-rm -rf "$ird"
-mkdir -p "$ird"/{bin,dev,proc,sys,mnt,modules}
-cp /bin/busybox "$ird/bin/busybox"
-cp "$here/guest-init.sh" "$ird/init"
-chmod 755 "$ird/init"
-# virtio-pci and 9p with their dependencies in load order, as the kernel at
-# hand has them: 6.1 builds them all as modules (.ko), 6.12 has virtio,
-# virtio_pci and fscache built in and compresses its modules (.ko.xz), which
-# busybox's insmod cannot read, so they go in decompressed. /modules/order
-# tells the init what to load.
-modprobe -a -S "$kver" -D virtio_pci 9pnet_virtio 9p >"$B/modules.dep.txt" 2>&1 ||
-	die "$kver: cannot resolve the virtio-pci and 9p modules: $(tail -1 "$B/modules.dep.txt")"
-: >"$ird/modules/order"
-while read -r kind path _; do
-	[ "$kind" = insmod ] || continue
-	name=$(basename "$path")
-	name=${name%%.ko*}
-	[ -f "$ird/modules/$name.ko" ] && continue
-	case $path in
-	*.ko) cp "$path" "$ird/modules/$name.ko" ;;
-	*.ko.xz)
-		command -v xz >/dev/null || die "$kver's modules are xz-compressed: apt-get install xz-utils"
-		xz -dc "$path" >"$ird/modules/$name.ko"
-		;;
-	*.ko.zst)
-		command -v zstd >/dev/null || die "$kver's modules are zstd-compressed: apt-get install zstd"
-		zstd -qdc "$path" >"$ird/modules/$name.ko"
-		;;
-	*) die "$path: unknown module format" ;;
-	esac
-	echo "$name" >>"$ird/modules/order"
-done <"$B/modules.dep.txt"
-(cd "$ird" && find . | cpio -o -H newc --quiet | gzip -1) >"$B/initrd.gz"
+# busybox, guest-init.sh as /init, the virtio-pci and 9p modules: hack/guest-lib.sh.
+# shellcheck source=guest-lib.sh source-path=SCRIPTDIR
+. "$here/guest-lib.sh"
+guest_initramfs "$kver" "$B"
 
 cat >"$B/guest.env" <<EOF
 B=$B
