@@ -363,27 +363,41 @@ func TestCLIMetrics(t *testing.T) {
 	if addr == nil {
 		t.Fatalf("no metrics address logged: %s", s.stderr())
 	}
-	resp, err := http.Get("http://" + addr[1] + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if ct := resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, "text/plain; version=0.0.4") {
-		t.Errorf("Content-Type %q", ct)
-	}
-	for _, want := range []string{
+	want := []string{
 		`uzram_orig_data_size_bytes{device="uzram0"} 20480`,
 		`uzram_same_pages{device="uzram0"} 2`,
 		`uzram_disksize_bytes{device="uzram0"} 16777216`,
 		`uzram_failed_writes_total{device="uzram0"} 0`,
 		`uzram_requests_total{transport="nbd",command="write",result="ok"} 5`,
 		`uzram_request_duration_seconds_count{command="write"} 5`,
-	} {
-		if !strings.Contains(string(body), want+"\n") {
-			t.Errorf("metrics lack %q:\n%s", want, body)
-		}
 	}
+	// A request's duration is observed once its reply has gone out, so the
+	// client can have its reply a moment before the histogram counts it:
+	// scrape again for a while before calling a line missing.
+	var body []byte
+	var missing []string
+	for try := 0; try < 50; try++ {
+		resp, err := http.Get("http://" + addr[1] + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ = io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if ct := resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, "text/plain; version=0.0.4") {
+			t.Fatalf("Content-Type %q", ct)
+		}
+		missing = missing[:0]
+		for _, w := range want {
+			if !strings.Contains(string(body), w+"\n") {
+				missing = append(missing, w)
+			}
+		}
+		if len(missing) == 0 {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Errorf("metrics lack %q:\n%s", missing, body)
 }
 
 func TestCLISetupDryRun(t *testing.T) {
