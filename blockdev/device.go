@@ -112,7 +112,7 @@ func New(cfg Config) (*Device, error) {
 	d.pages.New = func() any { return new([PageSize]byte) }
 	// The Device is a large allocation of fresh, untouched memory: its
 	// page-lock stripes (256 KiB) would fault one page at a time on the
-	// write path (prefault.go).
+	// write path.
 	swapsafe.Prefault(unsafe.Slice((*byte)(unsafe.Pointer(&d.locks)), unsafe.Sizeof(d.locks)))
 	if d.table, err = newSlotTable(d.npages, !cfg.TableOnDemand); err != nil {
 		return nil, err
