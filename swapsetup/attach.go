@@ -142,6 +142,7 @@ func Attach(c *control.Client, name, nbd string, swap bool) (string, error) {
 	}
 	if swap {
 		noWBT(nbd)
+		capRequests(nbd)
 	}
 	if err := c.SetAttachment(name, nbd); err != nil {
 		runTool("nbd-client", "-d", nbd)
@@ -157,6 +158,26 @@ func Attach(c *control.Client, name, nbd string, swap bool) (string, error) {
 // without wbt has no file.
 func noWBT(node string) {
 	_ = os.WriteFile(filepath.Join(SysBlock, filepath.Base(node), "queue", "wbt_lat_usec"), []byte("0\n"), 0)
+}
+
+// swapRequestKB is the largest request a swap device on nbd should get.
+// Linux 6.1's nbd capped requests at 128 KiB; 6.12's leaves the block
+// layer's 1280 KiB, and under swap pressure requests that large went past
+// what the server keeps prefaulted for a connection (in the guest: ENOSPC,
+// then a dead connection; docs/guest.md).
+const swapRequestKB = 128
+
+// capRequests lowers a swap device's max_sectors_kb to swapRequestKB when
+// the kernel set it higher. Best effort, as noWBT.
+func capRequests(node string) {
+	f := filepath.Join(SysBlock, filepath.Base(node), "queue", "max_sectors_kb")
+	b, err := os.ReadFile(f)
+	if err != nil {
+		return
+	}
+	if kb, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && kb > swapRequestKB {
+		_ = os.WriteFile(f, []byte(strconv.Itoa(swapRequestKB)+"\n"), 0)
+	}
 }
 
 // Detach disconnects a device, named or by its /dev/nbdN, and returns the

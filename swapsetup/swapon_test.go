@@ -274,3 +274,24 @@ func TestSetUpUndoes(t *testing.T) {
 		t.Errorf("after setup: %+v, %v", d, err)
 	}
 }
+
+// TestSwapOnTunesQueue: a swap device on nbd gets writeback throttling off
+// and requests capped at 128 KiB when the kernel allowed more (6.12 leaves
+// 1280); a lower cap is left as it is.
+func TestSwapOnTunesQueue(t *testing.T) {
+	for _, c := range []struct{ had, want string }{{"1280", "128"}, {"64", "64"}} {
+		h := newFakeHost(t)
+		q := filepath.Join(h.dir, "sys", "nbd0", "queue")
+		os.WriteFile(filepath.Join(q, "max_sectors_kb"), []byte(c.had+"\n"), 0o644)
+		os.WriteFile(filepath.Join(q, "wbt_lat_usec"), []byte("2000\n"), 0o644)
+		name, node, err := SwapOn(h.c, SwapOptions{Create: control.CreateRequest{Name: "s", Size: "64M"}})
+		if err != nil || name != "s" || node != "/dev/nbd0" {
+			t.Fatalf("SwapOn: %q %q %v", name, node, err)
+		}
+		for file, want := range map[string]string{"max_sectors_kb": c.want, "wbt_lat_usec": "0"} {
+			if b, _ := os.ReadFile(filepath.Join(q, file)); strings.TrimSpace(string(b)) != want {
+				t.Errorf("max_sectors_kb was %s: %s is %q, want %s", c.had, file, b, want)
+			}
+		}
+	}
+}
