@@ -19,9 +19,9 @@
 #   ublksrv-null  only with UBLKSRV=/path/to/ublk, a ublksrv binary you built
 #                 (never built, fetched or kept here): `ublk add -t null -q 2
 #                 -d 128`, the ublk transport alone
-# The data targets (uzram-*, zram) get 1 GiB of fio's 50%-compressible
+# The data targets (uzram-*, zram) get FILL (256 MiB) of fio's 50%-compressible
 # buffers (bs=1M) before the jobs, as hack/bench.sh does, so reads hit
-# stored pages; the jobs span that first 1 GiB.
+# stored pages; the jobs span that first FILL.
 #
 # Options (flags, or the environment variable in capitals):
 #   --targets LIST   TARGETS: space- or comma-separated (default: uzram-ublk
@@ -31,6 +31,10 @@
 #   --reps N         REPS=3 (--runs N: the same, hack/bench's name)
 #   --runtime S      RUNTIME=10 seconds per run (after 1 s of ramp)
 #   --mem MIB        GUEST_MEM_MIB=2048
+#   FILL=256M        data written first on uzram-* and zram, the span the jobs
+#                    cover; small enough that three stores leave the guest's
+#                    memory plentiful (with 1G each --realtime auto switched
+#                    uzram to SCHED_RR, which is pressure, not the transport)
 #   KERNEL=/path/vmlinuz-...   (default: hack/guest-kernel.sh's 6.12)
 #   GUEST_TIMEOUT    seconds before qemu is killed (default: from the plan)
 # Refuses to start while another qemu runs: two TCG guests on this machine's
@@ -83,7 +87,7 @@ JOBS=${JOBS//,/ }
 REPS=${REPS:-3}
 RUNTIME=${RUNTIME:-10}
 GUEST_MEM_MIB=${GUEST_MEM_MIB:-2048}
-FILL=1G
+FILL=${FILL:-256M}
 DEV_SIZE=2G
 for t in $TARGETS; do
 	case $t in
