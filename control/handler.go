@@ -102,48 +102,10 @@ func Handler(m Manager) http.Handler {
 		w.WriteHeader(http.StatusNoContent)
 	})
 	mux.HandleFunc("GET "+apiPrefix+"/{name}/{file}", func(w http.ResponseWriter, r *http.Request) {
-		file := r.PathValue("file")
-		if !slices.Contains(StatFiles, file) {
-			writeError(w, Errorf(ErrInvalid, "no stats file %q (known: %s)", file, strings.Join(StatFiles, ", ")))
-			return
-		}
-		d, err := m.Get(r.PathValue("name"))
-		if err != nil {
-			writeError(w, err)
-			return
-		}
-		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		switch file {
-		case "mm_stat":
-			io.WriteString(w, d.MMStatText)
-		case "io_stat":
-			io.WriteString(w, d.IOStatText)
-		case "debug_stat":
-			io.WriteString(w, d.DebugStatText)
-		case "recomp_stat":
-			io.WriteString(w, d.RecompStatText)
-		}
+		serveStatFile(m, w, r)
 	})
 	mux.HandleFunc("PUT "+apiPrefix+"/{name}/{knob}", func(w http.ResponseWriter, r *http.Request) {
-		knob := r.PathValue("knob")
-		var req KnobRequest
-		if !readJSON(w, r, &req) {
-			return
-		}
-		if r.Header.Get(ProgressHeader) != "" {
-			streamKnob(w, r, m, r.PathValue("name"), knob, req.Value)
-			return
-		}
-		res, err := m.SetKnob(r.Context(), r.PathValue("name"), knob, req.Value)
-		if err != nil {
-			writeError(w, err)
-			return
-		}
-		if res == "" {
-			w.WriteHeader(http.StatusNoContent)
-			return
-		}
-		writeJSON(w, http.StatusOK, KnobResult{Result: res})
+		serveKnob(m, w, r)
 	})
 	mux.HandleFunc("PUT "+apiPrefix+"/{name}/attachment", func(w http.ResponseWriter, r *http.Request) {
 		var req AttachRequest
@@ -157,6 +119,56 @@ func Handler(m Manager) http.Handler {
 		w.WriteHeader(http.StatusNoContent)
 	})
 	return mux
+}
+
+// serveStatFile answers GET /v1/devices/NAME/FILE with one of zram's stat
+// files as text.
+func serveStatFile(m Manager, w http.ResponseWriter, r *http.Request) {
+	file := r.PathValue("file")
+	if !slices.Contains(StatFiles, file) {
+		writeError(w, Errorf(ErrInvalid, "no stats file %q (known: %s)", file, strings.Join(StatFiles, ", ")))
+		return
+	}
+	d, err := m.Get(r.PathValue("name"))
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	switch file {
+	case "mm_stat":
+		io.WriteString(w, d.MMStatText)
+	case "io_stat":
+		io.WriteString(w, d.IOStatText)
+	case "debug_stat":
+		io.WriteString(w, d.DebugStatText)
+	case "recomp_stat":
+		io.WriteString(w, d.RecompStatText)
+	}
+}
+
+// serveKnob answers PUT /v1/devices/NAME/KNOB: a knob's write, with a
+// progress stream when the client asks for one.
+func serveKnob(m Manager, w http.ResponseWriter, r *http.Request) {
+	knob := r.PathValue("knob")
+	var req KnobRequest
+	if !readJSON(w, r, &req) {
+		return
+	}
+	if r.Header.Get(ProgressHeader) != "" {
+		streamKnob(w, r, m, r.PathValue("name"), knob, req.Value)
+		return
+	}
+	res, err := m.SetKnob(r.Context(), r.PathValue("name"), knob, req.Value)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	if res == "" {
+		w.WriteHeader(http.StatusNoContent)
+		return
+	}
+	writeJSON(w, http.StatusOK, KnobResult{Result: res})
 }
 
 func readJSON(w http.ResponseWriter, r *http.Request, v any) bool {
