@@ -475,6 +475,7 @@ ublk_cli_phase() {
 	log "ublkcli: uzram --find --size 64M --ublk -> $name on $node"
 	check "find --ublk: $node has no size" sh -c "[ \$(cat /sys/block/${node#/dev/}/size) = 131072 ]"
 	mkdir -p /run/mnt
+	modprobe ext4 2>/dev/null || true
 	if mkfs.ext4 -q "$node" && mount "$node" /run/mnt; then
 		echo hello >/run/mnt/f && sync
 		list=$(U --output NAME,MOUNTPOINT --noheadings --raw)
