@@ -13,7 +13,7 @@ set -euo pipefail
 # shellcheck source=/dev/null
 . "${GUEST_ENV:?}"
 : "${B:?}" "${SERVER:?}" "${DEV_SIZE:?}" "${WORKLOAD:?}" "${NBD_FLAGS:?}" "${FIO_SIZE:?}"
-: "${WORKLOAD_GODEBUG=}" "${MEMCHECK_TIMEOUT:=600}" "${PAGE_CLUSTER:=0}" "${FIO_TIMEOUT:=120}" "${PHASES:=uzram ublk zram fio ublkfio cli ublkcli restart takeover ublktakeover}" "${TAKEOVER_WORKLOAD:=256M}" "${TAKEOVER_MEMMAX:=128M}"
+: "${WORKLOAD_GODEBUG=}" "${MEMCHECK_TIMEOUT:=600}" "${PAGE_CLUSTER:=0}" "${FIO_TIMEOUT:=120}" "${PHASES:=uzram ublk zram fio ublkfio cli ublkcli restart takeover ublktakeover}" "${TAKEOVER_WORKLOAD:=256M}" "${TAKEOVER_MEMMAX:=96M}"
 : "${UBLK_WORKLOAD:=$WORKLOAD}"
 
 say() { echo "@@ $*"; }
