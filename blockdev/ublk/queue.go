@@ -68,10 +68,14 @@ type parkedWrite struct {
 
 // Parked writes are tried again every parkRetry, and given up on (ENOSPC,
 // which the kernel sees as a failed write) after parkMax: memory that
-// stays short that long has other problems.
+// stays short that long has other problems. The kernel does not time a
+// privileged ublk device's requests out (it rearms the timer), so a long
+// park costs nothing but the wait. 30 s was too short: at 2x RAM in a TCG
+// guest the first swap writes waited 52 s for the store's memory, and two
+// 512 KiB writes failed after 30.
 const (
 	parkRetry = time.Millisecond
-	parkMax   = 30 * time.Second
+	parkMax   = 120 * time.Second
 )
 
 func newQueue(d *Device, id uint16) (*queue, error) {

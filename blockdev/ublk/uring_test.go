@@ -23,6 +23,10 @@ func newTestRing(t *testing.T, entries, flags uint32) *Ring {
 }
 
 func TestRingNops(t *testing.T) {
+	// SINGLE_ISSUER: every io_uring_enter from the thread that made the
+	// ring, else EEXIST ("file exists", seen when the goroutine moved).
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
 	r := newTestRing(t, 8, setupCoopTaskrun|setupSingleIssuer|setupDeferTaskrun)
 	seen := map[uint64]bool{}
 	for round := 0; round < 5; round++ {
