@@ -64,13 +64,20 @@ start_server() { # $1: phase name, used for nbdkit's stats file
 		;;
 	esac
 	srv_pid=$!
+	await_server -S "$SOCK" "$SERVER did not open $SOCK"
+}
+
+# await_server TEST PATH MESSAGE waits up to 10 s for `test TEST PATH` (the
+# server's socket, or its block device) while the server lives; else it
+# shows the server's log and fails with MESSAGE.
+await_server() {
 	for _ in $(seq 100); do
-		[ -S "$SOCK" ] && return 0
+		test "$1" "$2" && return 0
 		kill -0 "$srv_pid" 2>/dev/null || break
 		sleep 0.1
 	done
 	cat "$SRVLOG"
-	fail "$SERVER did not open $SOCK"
+	fail "$3"
 	return 1
 }
 
@@ -95,14 +102,7 @@ start_ublk_server() {
 	# shellcheck disable=SC2086 # UZRAM_FLAGS is a list of words
 	"$B/uzram" serve --size "$DEV_SIZE" --algorithm lz4 --name uzram0 --ublk --ublk-id 0 ${UZRAM_FLAGS:-} ${SERVE_EXTRA:-} >"$SRVLOG" 2>/dev/console &
 	srv_pid=$!
-	for _ in $(seq 100); do
-		[ -b "$UBLK" ] && return 0
-		kill -0 "$srv_pid" 2>/dev/null || break
-		sleep 0.1
-	done
-	cat "$SRVLOG"
-	fail "uzram did not serve $UBLK"
-	return 1
+	await_server -b "$UBLK" "uzram did not serve $UBLK"
 }
 
 stop_server() {
