@@ -267,20 +267,22 @@ func (q *queue) serve() error {
 // retryParked tries the parked writes again, oldest first, and stops at
 // the first that still finds no memory: the others would not either.
 func (q *queue) retryParked() error {
-	for len(q.parked) > 0 {
-		pw := q.parked[0]
+	done := 0
+	// What is left moves to the front, so the slice keeps its backing
+	// array (depth entries, made once) and parking never allocates.
+	defer func() { q.parked = q.parked[:copy(q.parked, q.parked[done:])] }()
+	for _, pw := range q.parked {
 		// Parked too long: one last try that waits for the refiller, and
 		// fails as WriteAt does (ENOSPC) if it stays stuck.
 		res, park := q.handle(pw.tag, time.Since(pw.since) < parkMax)
 		if park {
 			return nil
 		}
-		q.parked = q.parked[1:]
+		done++
 		if err := q.prepare(q.commit, pw.tag, res); err != nil {
 			return err
 		}
 	}
-	q.parked = q.parked[:0:cap(q.parked)]
 	return nil
 }
 
